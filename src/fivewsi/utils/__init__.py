@@ -1,0 +1,1 @@
+"""Small shared helpers: atomic file writes, distributed rank discovery, logging set-up."""
