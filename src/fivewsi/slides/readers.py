@@ -96,6 +96,8 @@ def _to_rgb(array: np.ndarray) -> np.ndarray:
         top = float(np.iinfo(array.dtype).max) if np.issubdtype(array.dtype, np.integer) else 1.0
         array = np.clip(array.astype(np.float32) * (255.0 / top), 0, 255).astype(np.uint8)
     if array.shape[2] == 4:
+        if array[..., 3].min() == 255:  # opaque (the usual case): no compositing needed
+            return cv2.cvtColor(array, cv2.COLOR_RGBA2RGB)
         alpha = array[..., 3:4].astype(np.uint16)
         rgb = (array[..., :3] * alpha + 255 * (255 - alpha)) // 255
         return rgb.astype(np.uint8)
