@@ -60,7 +60,7 @@ class Payload:
 def test_pt_file_with_code_is_refused(tmp_path):
     path = tmp_path / "evil.pt"
     torch.save({"x": Payload()}, path)
-    with pytest.raises(Exception, match="(?i)weights_only|unsupported|global"):
+    with pytest.raises(Exception, match=r"(?i)weights_only|unsupported|global"):
         load_bag(path)
 
 

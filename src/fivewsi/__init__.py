@@ -15,9 +15,31 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from fivewsi.features.bags import Bag, load_bag, save_bag
-from fivewsi.features.registry import create_encoder, list_encoders
-from fivewsi.slides.readers import SlideError, open_slide
+import importlib
+from typing import TYPE_CHECKING, Any
+
+# Public names, imported on first use so that `fivewsi --version` does not load torch.
+_EXPORTS = {
+    "Bag": "fivewsi.features.bags",
+    "load_bag": "fivewsi.features.bags",
+    "save_bag": "fivewsi.features.bags",
+    "create_encoder": "fivewsi.features.registry",
+    "list_encoders": "fivewsi.features.registry",
+    "SlideError": "fivewsi.slides.readers",
+    "open_slide": "fivewsi.slides.readers",
+}
+
+if TYPE_CHECKING:
+    from fivewsi.features.bags import Bag, load_bag, save_bag
+    from fivewsi.features.registry import create_encoder, list_encoders
+    from fivewsi.slides.readers import SlideError, open_slide
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'fivewsi' has no attribute {name!r}")
+
 
 __all__ = [
     "Bag",

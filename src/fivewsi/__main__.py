@@ -1,0 +1,5 @@
+"""``python -m fivewsi`` runs the command line (handy under ``torchrun``)."""
+
+from fivewsi.cli import main
+
+main()

@@ -1,0 +1,1 @@
+"""Patch encoder implementations; importing a module registers its encoders."""
