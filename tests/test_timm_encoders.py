@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import re
-import socket
 from pathlib import Path
 
 import pytest
@@ -20,7 +19,7 @@ from safetensors.torch import save_file
 from fivewsi.features.encoders.common import WeightsMismatchError
 from fivewsi.features.registry import create_encoder, list_encoders
 
-pytestmark = pytest.mark.models
+pytestmark = [pytest.mark.models, pytest.mark.usefixtures("offline")]
 pytest.importorskip("timm")
 
 from fivewsi.features.encoders import timm_models as tm  # noqa: E402  (after the skip)
@@ -30,20 +29,6 @@ SMALL_SWIN = {"embed_dim": 32, "depths": (1, 1), "num_heads": (1, 2)}
 SMALL_CONCH = {"embed_dim": 32, "depth": 1, "num_heads": 2, "output_dim": 16, "pool_heads": 2}
 
 
-@pytest.fixture(autouse=True)
-def offline(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
-    """No network at all, and an empty HF cache; returns the cache folder."""
-
-    def refuse(*args: object, **kwargs: object) -> None:
-        raise AssertionError(f"network access attempted: {args}")
-
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(socket, "create_connection", refuse)
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    cache = tmp_path / "hf-cache"
-    cache.mkdir()
-    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
-    return cache
 
 
 def patches(n: int = 3, size: int = 64, seed: int = 0) -> torch.Tensor:

@@ -122,7 +122,7 @@ def tile_slide(
         thumbnail=thumbnail,
         thumb_downsample=float(thumb_ds),
     )
-    log.info(
+    log.debug(
         "%s: %d of %d grid patches kept (%d px at %.3g mpp = %d px at level 0), "
         "tissue %.2f mm², thumbnail %dx%d, %.2f s",
         slide.slide_id,
