@@ -10,6 +10,7 @@ import typer
 from rich.table import Table
 
 from fivewsi import __version__
+from fivewsi.reports.cli import reports_app
 from fivewsi.utils.logs import configure_logging, console
 
 log = logging.getLogger("fivewsi")
@@ -117,6 +118,9 @@ def _print_preprocess_summary(result: object) -> None:
         f"{patches} patches, {result.seconds:.1f} s"
     )
     console.print(table)
+
+
+app.add_typer(reports_app, name="reports", help="Pathology reports → fine-grained labels.")
 
 
 @app.command()
