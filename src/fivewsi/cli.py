@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
@@ -12,6 +12,9 @@ from rich.table import Table
 from fivewsi import __version__
 from fivewsi.reports.cli import reports_app
 from fivewsi.utils.logs import configure_logging, console
+
+if TYPE_CHECKING:  # the heavy modules load only when a command needs them
+    from fivewsi.features.preprocess import PreprocessResult
 
 log = logging.getLogger("fivewsi")
 
@@ -99,10 +102,7 @@ def preprocess(
     raise typer.Exit(0 if result.ok else 1)
 
 
-def _print_preprocess_summary(result: object) -> None:
-    from fivewsi.features.preprocess import PreprocessResult
-
-    assert isinstance(result, PreprocessResult)
+def _print_preprocess_summary(result: PreprocessResult) -> None:
     records = result.records
     table = Table(title=f"preprocess → {result.out}", show_lines=False)
     for column in ("slide", "status", "patches", "seconds", "error"):
