@@ -9,6 +9,7 @@ import pytest
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 SHARED_SLIDES = SHARED / "slides"
+SHARED_REPORTS = SHARED / "reports" / "tcga_lung_reports_dev.csv"
 
 
 def shared_slide(name: str) -> Path:

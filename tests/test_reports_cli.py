@@ -12,15 +12,10 @@ from pathlib import Path
 
 import pytest
 
+from fivewsi.reports import load_question_set
+
 FIVEWSI = [sys.executable, "-m", "fivewsi", "reports"]
-KEYS = (
-    "differentiation",
-    "stas",
-    "vascular_invasion",
-    "pleural_invasion",
-    "adjacent_invasion",
-    "margins",
-)
+KEYS = load_question_set("lung").keys
 
 REPORTS = [
     (

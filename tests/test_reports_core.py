@@ -25,14 +25,7 @@ from fivewsi.reports.normalize import classify_field
 from fivewsi.reports.pipeline import ReportsInputError, normalize_file, read_csv_rows
 
 LUNG = load_question_set("lung")
-KEYS = (
-    "differentiation",
-    "stas",
-    "vascular_invasion",
-    "pleural_invasion",
-    "adjacent_invasion",
-    "margins",
-)
+KEYS = LUNG.keys
 
 KIDNEY_YAML = """
 name: kidney

@@ -5,23 +5,17 @@ from __future__ import annotations
 
 import csv
 import time
-from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from conftest import SHARED_REPORTS
 from fivewsi.reports.questions import Question, QuestionSet, load_question_set
 from fivewsi.reports.rules import CATEGORIES, FIELDS, extract_rules
 
 LUNG = load_question_set("lung")
-REPORTS_CSV = (
-    Path(__file__).resolve().parents[1].parent
-    / "shared"
-    / "data"
-    / "reports"
-    / "tcga_lung_reports_dev.csv"
-)
+REPORTS_CSV = SHARED_REPORTS
 
 
 def answer(text: str, key: str) -> str:

@@ -4,19 +4,13 @@ from __future__ import annotations
 
 import csv
 import sys
-from pathlib import Path
 
 import pytest
 
+from conftest import SHARED_REPORTS
 from fivewsi.reports import load_question_set, normalize_answer
 
-REPORTS_CSV = (
-    Path(__file__).resolve().parents[1].parent
-    / "shared"
-    / "data"
-    / "reports"
-    / "tcga_lung_reports_dev.csv"
-)
+REPORTS_CSV = SHARED_REPORTS
 
 pytestmark = pytest.mark.shared
 

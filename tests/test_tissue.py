@@ -12,6 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from conftest import SHARED_SLIDES
 from fivewsi.slides.qc import render_qc_image, save_qc_image
 from fivewsi.slides.readers import SlideError, SlideReader, open_slide
 from fivewsi.slides.tiling import (
@@ -24,7 +25,7 @@ from fivewsi.slides.tiling import (
 )
 from fivewsi.slides.tissue import TissueParams, detect_tissue, otsu_threshold
 
-SLIDES = Path(__file__).resolve().parents[2] / "shared" / "data" / "slides"
+SLIDES = SHARED_SLIDES
 needs_slides = pytest.mark.skipif(not SLIDES.is_dir(), reason=f"no real slides at {SLIDES}")
 
 GLASS = (240, 238, 242)
