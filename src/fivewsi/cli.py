@@ -10,7 +10,12 @@ import typer
 from rich.table import Table
 
 from fivewsi import __version__
+from fivewsi.cohort.merge import cohort_merge_command
+from fivewsi.demo import demo_command
+from fivewsi.evaluation.cli import evaluate_command, fewshot_command
+from fivewsi.predict.cli import predict_command
 from fivewsi.reports.cli import reports_app
+from fivewsi.training.cli import train_command
 from fivewsi.utils.logs import configure_logging, console
 
 if TYPE_CHECKING:  # the heavy modules load only when a command needs them
@@ -120,6 +125,14 @@ def _print_preprocess_summary(result: PreprocessResult) -> None:
     console.print(table)
 
 
+app.command("train")(train_command)
+app.command("predict")(predict_command)
+app.command("evaluate")(evaluate_command)
+app.command("fewshot")(fewshot_command)
+app.command("demo")(demo_command)
+cohort_app = typer.Typer(help="Cohort tables for training.", no_args_is_help=True)
+cohort_app.command("merge")(cohort_merge_command)
+app.add_typer(cohort_app, name="cohort")
 app.add_typer(reports_app, name="reports", help="Pathology reports → fine-grained labels.")
 
 
@@ -145,23 +158,6 @@ def encoders() -> None:
             spec.description,
         )
     console.print(table)
-
-
-@app.command()
-def demo(
-    out: Annotated[Path, typer.Option("--out", "-o", help="Demo folder.")] = Path("fivewsi-demo"),
-    slides: Annotated[int, typer.Option(help="Number of synthetic slides.")] = 6,
-    progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
-    verbose: Verbose = 0,
-) -> None:
-    """Run the pipeline on synthetic slides written here, with no download."""
-    from fivewsi.demo import run_demo
-
-    configure_logging(verbose)
-    result = run_demo(out, n_slides=slides, progress=progress)
-    _print_preprocess_summary(result)
-    console.print(f"features in [bold]{out / 'features'}[/bold], QC images in {out / 'qc'}")
-    raise typer.Exit(0 if result.ok else 1)
 
 
 def main() -> None:

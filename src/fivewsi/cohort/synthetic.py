@@ -240,14 +240,14 @@ def make_synthetic_cohort(
     for i, ((split, label), ss) in enumerate(zip(plan, slide_seeds, strict=True)):
         slide_id = f"syn-{i:0{width}d}"
         rng = np.random.default_rng(ss)
-        categories = _draw_categories(label, rng)
+        categories = draw_categories(label, rng)
         reported = {k: (UNKNOWN if rng.random() < unknown_rate else c)
                     for k, c in categories.items()}
         features, coords, tumour, grid = _make_bag(
             rng, world, label, categories, n_patches, tumour_fraction, nuisance_strength, noise
         )
         _save(features_dir / f"{slide_id}.h5", slide_id, features, coords, grid, seed)
-        _write_report(reports_dir / f"{slide_id}.txt", _report_text(label, reported, rng))
+        _write_report(reports_dir / f"{slide_id}.txt", report_text(label, reported, rng))
         slides.append(SyntheticSlide(slide_id, label, split, categories, reported,
                                      render_label(reported, qs), len(features), tumour))
     if overwrite:
@@ -340,7 +340,7 @@ def _make_world(
     return _World(tissue, tumour, class_axis, findings, nuisance)
 
 
-def _draw_categories(label: str, rng: np.random.Generator) -> dict[str, str]:
+def draw_categories(label: str, rng: np.random.Generator) -> dict[str, str]:
     table = _DIFFERENTIATION[label]
     cats = list(table)
     probs = np.array([table[c] for c in cats])
@@ -578,7 +578,7 @@ _FINDING_TEXT = {
 }
 
 
-def _report_text(label: str, reported: Mapping[str, str], rng: np.random.Generator) -> str:
+def report_text(label: str, reported: Mapping[str, str], rng: np.random.Generator) -> str:
     """A short resection report stating exactly the reported (non-unknown) findings."""
     synoptic = bool(rng.random() < 0.5)  # half prose, half synoptic checklist lines
     style = 1 if synoptic else 0

@@ -1,0 +1,386 @@
+"""Evaluate a trained run on the held-out slides of a cohort: predictions, metrics, files.
+
+The slides of one split (``test`` by default) are predicted with every patch, the predicted
+class is the most probable one (no threshold is tuned: the test set is never used to choose
+anything), and the metrics carry percentile-bootstrap intervals over slides. A slide whose
+feature file is missing or broken is recorded with its error and left out of the metrics; a
+slide without a label is skipped and counted.
+
+Files written to ``out`` (atomically): ``metrics.json`` (the run, split, classes and where they
+came from, counts, metrics) and ``predictions.csv`` (``slide_id, label, predicted,
+p_<class>..., error``).
+
+Example:
+    >>> result = evaluate_run("runs/abmil", "features", "cohort.csv", out="runs/abmil/eval")
+    ... # doctest: +SKIP
+    >>> result.metrics["balanced_accuracy"]["value"]  # doctest: +SKIP
+    0.87
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from fivewsi.evaluation.metrics import METRICS, classification_metrics
+from fivewsi.utils.atomic import write_json_atomic, write_text_atomic
+
+if TYPE_CHECKING:
+    from fivewsi.cohort.table import ClassDescription, CohortRow
+    from fivewsi.features.bags import Bag
+
+log = logging.getLogger(__name__)
+
+#: Patches predicted together at most (bags are batched until they reach this many).
+MAX_BATCH_PATCHES = 1 << 16
+
+
+class EvaluationError(ValueError):
+    """The evaluation cannot be done as asked (no slides, unknown labels, no split)."""
+
+
+@dataclass
+class SlideOutcome:
+    """One evaluated slide: its label and the model's prediction, or why it has none.
+
+    Attributes:
+        slide_id: the slide's id.
+        label: its true class.
+        predicted: the most probable class (None when the slide failed).
+        probabilities: ``[C]`` class probabilities in the order of the result's classes.
+        error: why the slide could not be predicted (missing or broken feature file).
+    """
+
+    slide_id: str
+    label: str
+    predicted: str | None = None
+    probabilities: np.ndarray | None = None
+    error: str | None = None
+
+
+@dataclass
+class EvaluationResult:
+    """What :func:`evaluate_run` found.
+
+    Attributes:
+        run: the run folder.
+        split: the split evaluated (None: every labelled slide of a cohort without splits).
+        classes: the model's classes, in the order of the probabilities.
+        classes_source: where the classes came from ("run", or a classes file).
+        metrics: :func:`~fivewsi.evaluation.metrics.classification_metrics` of the slides
+            predicted.
+        slides: every labelled slide of the split, predicted or failed.
+        n_unlabelled: slides of the split skipped for having no label.
+        info: everything written to ``metrics.json``.
+        out: the folder written to, if any.
+    """
+
+    run: Path
+    split: str | None
+    classes: list[str]
+    classes_source: str
+    metrics: dict[str, Any]
+    slides: list[SlideOutcome]
+    n_unlabelled: int = 0
+    info: dict[str, Any] = field(default_factory=dict)
+    out: Path | None = None
+
+    @property
+    def n(self) -> int:
+        """Slides in the metrics."""
+        return int(self.metrics["n"])
+
+    @property
+    def failed(self) -> dict[str, str]:
+        """Slide id → error of the slides left out of the metrics."""
+        return {s.slide_id: s.error for s in self.slides if s.error is not None}
+
+
+def evaluate_run(
+    run: str | os.PathLike[str],
+    features: str | os.PathLike[str],
+    cohort: str | os.PathLike[str],
+    *,
+    split: str | None = "test",
+    classes: str | os.PathLike[str] | Sequence[ClassDescription] | None = None,
+    out: str | os.PathLike[str] | None = None,
+    n_bootstrap: int = 1000,
+    seed: int = 0,
+    device: str = "cpu",
+) -> EvaluationResult:
+    """Predict the labelled slides of ``split`` with the run's model and score them.
+
+    Args:
+        run: a training run folder (``fivewsi train``).
+        features: folder of bags (any layout below it, as for training).
+        cohort: cohort CSV (slide_id, label, report_label, split).
+        split: the split to evaluate; when no row of the cohort has a split, every labelled
+            slide is evaluated (with a warning: those may include the training slides).
+            None evaluates every labelled slide regardless of split.
+        classes: class descriptions replacing the run's own (text models only, e.g. a
+            report-pretrained run used zero-shot); None uses the run's classes.
+        out: folder for ``metrics.json`` and ``predictions.csv``; None writes nothing.
+        n_bootstrap, seed: the bootstrap of the confidence intervals.
+        device: where the model runs.
+
+    Raises:
+        EvaluationError: no labelled slide in the split, a label that is not one of the
+            model's classes, or no slide that could be predicted.
+    """
+    from fivewsi.cohort.table import CohortError, check_labels, read_cohort
+    from fivewsi.training.data import find_feature_files
+    from fivewsi.training.run import load_model
+
+    run = Path(run)
+    rows = read_cohort(cohort)
+    selected, used_split = _select_rows(rows, split, Path(cohort))
+    labelled = [r for r in selected if r.label is not None]
+    n_unlabelled = len(selected) - len(labelled)
+    if n_unlabelled:
+        log.info("%d slides of the split have no label and are skipped", n_unlabelled)
+    if not labelled:
+        raise EvaluationError(
+            f"{cohort}: no labelled slide in {_split_words(used_split)} "
+            f"({len(selected)} rows, none with a label)"
+        )
+
+    classifier = load_model(run, classes=classes, device=device)
+    model_classes = list(classifier.classes)
+    source = _classes_source(classes)
+    try:
+        check_labels(labelled, model_classes)
+    except CohortError as exc:
+        raise EvaluationError(
+            f"{cohort}: {exc}; the model's classes come from {source}"
+            + ("" if classes is not None else " (pass classes=... to use other descriptions)")
+        ) from None
+
+    files = find_feature_files(features)
+    in_dim = classifier.run_info.get("in_dim")
+    outcomes = _predict(classifier, labelled, files, in_dim)
+    done = [o for o in outcomes if o.error is None]
+    failed = {o.slide_id: o.error for o in outcomes if o.error is not None}
+    if failed:
+        log.warning(
+            "%d of %d slides could not be predicted and are left out of the metrics "
+            "(first: %s: %s)",
+            len(failed), len(outcomes), *next(iter(failed.items())),
+        )
+    if not done:
+        raise EvaluationError(
+            f"none of the {len(outcomes)} slides could be predicted; first error: "
+            f"{next(iter(failed.values()))}"
+        )
+    probabilities = np.stack([o.probabilities for o in done])
+    metrics = classification_metrics(
+        [o.label for o in done], probabilities, model_classes, n_bootstrap=n_bootstrap, seed=seed
+    )
+    seen = _training_overlap(run, [o.slide_id for o in done])
+    if seen:
+        log.warning(
+            "%d evaluated slides were used to train the run (e.g. %s): the metrics are not "
+            "held-out", len(seen), seen[0],
+        )
+
+    info = {
+        "run": str(run.resolve()),
+        "model": classifier.model_name,
+        "kind": classifier.kind,
+        "features": str(Path(features).resolve()),
+        "cohort": str(Path(cohort).resolve()),
+        "split": used_split,
+        "split_requested": split,
+        "classes": model_classes,
+        "descriptions": list(classifier.descriptions),
+        "classes_source": source,
+        "n": metrics["n"],
+        "n_rows": len(selected),
+        "n_unlabelled": n_unlabelled,
+        "n_failed": len(failed),
+        "failed": failed,
+        "n_seen_in_training": len(seen),
+        "prediction": "argmax of the class probabilities (no threshold tuning)",
+        "metrics": metrics,
+        "fivewsi_version": _version(),
+    }
+    result = EvaluationResult(
+        run=run,
+        split=used_split,
+        classes=model_classes,
+        classes_source=source,
+        metrics=metrics,
+        slides=outcomes,
+        n_unlabelled=n_unlabelled,
+        info=info,
+    )
+    if out is not None:
+        result.out = write_evaluation(result, out)
+    _log_summary(result)
+    return result
+
+
+def write_evaluation(result: EvaluationResult, out: str | os.PathLike[str]) -> Path:
+    """Write ``metrics.json`` and ``predictions.csv`` of ``result`` into ``out`` atomically.
+
+    ``predictions.csv`` is written first, so a folder holding ``metrics.json`` is complete.
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["slide_id", "label", "predicted", *[f"p_{c}" for c in result.classes],
+                     "error"])
+    for s in result.slides:
+        probs = (
+            [f"{p:.6g}" for p in s.probabilities]
+            if s.probabilities is not None
+            else [""] * len(result.classes)
+        )
+        writer.writerow([s.slide_id, s.label, s.predicted or "", *probs, s.error or ""])
+    write_text_atomic(out / "predictions.csv", buffer.getvalue())
+    write_json_atomic(out / "metrics.json", result.info)
+    return out
+
+
+def _select_rows(
+    rows: list[CohortRow], split: str | None, cohort: Path
+) -> tuple[list[CohortRow], str | None]:
+    if split is None:
+        return rows, None
+    if all(r.split is None for r in rows):
+        log.warning(
+            "%s has no split column (or no split values): evaluating every labelled slide, "
+            "which may include the slides the model was trained on", cohort,
+        )
+        return rows, None
+    selected = [r for r in rows if r.split == split]
+    if not selected:
+        present = sorted({r.split for r in rows if r.split is not None})
+        raise EvaluationError(
+            f"{cohort}: no slide in split {split!r}; splits present: {', '.join(present)}"
+        )
+    return selected, split
+
+
+def _split_words(split: str | None) -> str:
+    return "the cohort" if split is None else f"split {split!r}"
+
+
+def _classes_source(classes: object) -> str:
+    if classes is None:
+        return "run"
+    if isinstance(classes, (str, os.PathLike)):
+        return str(Path(classes).resolve())
+    return "given descriptions"
+
+
+def _predict(
+    classifier: Any,
+    rows: list[CohortRow],
+    files: dict[str, Path],
+    in_dim: int | None,
+) -> list[SlideOutcome]:
+    """Outcomes of ``rows`` in order: predictions batched by patch count, errors per slide."""
+    from fivewsi.features.bags import BagError, load_bag
+
+    outcomes = {r.slide_id: SlideOutcome(r.slide_id, str(r.label)) for r in rows}
+    pending: list[Bag] = []
+    pending_patches = 0
+
+    def flush() -> None:
+        nonlocal pending, pending_patches
+        if pending:
+            _predict_bags(classifier, pending, outcomes)
+        pending, pending_patches = [], 0
+
+    for row in rows:
+        outcome = outcomes[row.slide_id]
+        path = files.get(row.slide_id)
+        if path is None:
+            outcome.error = "no feature file"
+            continue
+        try:
+            bag = load_bag(path)
+        except (BagError, OSError, ValueError, RuntimeError) as exc:
+            outcome.error = f"{type(exc).__name__}: {exc}"
+            continue
+        if bag.n_patches == 0:
+            outcome.error = "no patches"
+            continue
+        if in_dim is not None and bag.dim != int(in_dim):
+            outcome.error = f"feature size {bag.dim}, the model expects {in_dim}"
+            continue
+        bag.slide_id = row.slide_id  # the cohort's id names the prediction
+        if pending and pending_patches + bag.n_patches > MAX_BATCH_PATCHES:
+            flush()
+        pending.append(bag)
+        pending_patches += bag.n_patches
+    flush()
+    return [outcomes[r.slide_id] for r in rows]
+
+
+def _predict_bags(classifier: Any, bags: list[Bag], outcomes: dict[str, SlideOutcome]) -> None:
+    try:
+        predictions = classifier.predict_batch(bags)
+    except Exception:
+        if len(bags) == 1:
+            raise
+        # One bad bag should not sink the batch: predict one by one to find it.
+        for bag in bags:
+            try:
+                _predict_bags(classifier, [bag], outcomes)
+            except Exception as exc:  # recorded per slide, the evaluation goes on
+                log.debug("prediction of %s failed", bag.slide_id, exc_info=True)
+                outcomes[bag.slide_id].error = f"{type(exc).__name__}: {exc}"
+        return
+    for bag, prediction in zip(bags, predictions, strict=True):
+        outcome = outcomes[bag.slide_id]
+        outcome.probabilities = np.asarray(prediction.probabilities, dtype=np.float64)
+        outcome.predicted = str(prediction.predicted)
+
+
+def _training_overlap(run: Path, slide_ids: list[str]) -> list[str]:
+    """Evaluated slides that the run trained on, from the run's ``split.csv``."""
+    path = run / "split.csv"
+    if not path.is_file():
+        return []
+    with path.open(newline="", encoding="utf-8") as handle:
+        reader = csv.DictReader(handle)
+        role_column = next(
+            (c for c in ("role", "split", "set", "stage") if c in (reader.fieldnames or [])), None
+        )
+        if role_column is None or "slide_id" not in (reader.fieldnames or []):
+            return []
+        trained = {r["slide_id"] for r in reader if (r.get(role_column) or "").strip() == "train"}
+    return [s for s in slide_ids if s in trained]
+
+
+def _version() -> str:
+    from fivewsi import __version__
+
+    return __version__
+
+
+def _log_summary(result: EvaluationResult) -> None:
+    parts = []
+    for name in METRICS:
+        m = result.metrics[name]
+        if m["value"] is None:
+            parts.append(f"{name} n/a")
+        elif m["ci_low"] is None:
+            parts.append(f"{name} {m['value']:.3f}")
+        else:
+            parts.append(f"{name} {m['value']:.3f} [{m['ci_low']:.3f}, {m['ci_high']:.3f}]")
+    log.info(
+        "%s on %s: %d slides (%d failed, %d unlabelled): %s",
+        result.run.name, _split_words(result.split), result.n, len(result.failed),
+        result.n_unlabelled, ", ".join(parts),
+    )

@@ -1,0 +1,535 @@
+"""The few-shot grid: every model × k labelled slides per class × seed, trained and tested.
+
+Each cell trains one run (``fivewsi.training.train`` with ``shots=k, seed=seed``) into
+``OUT/runs/<model>/k<k>/seed<seed>`` and evaluates it on the cohort's test split into the same
+folder (``metrics.json``, ``predictions.csv``). With a report-pretrained FiVE run
+(``pretrained``), a ``five+reports`` row fine-tunes from it, and a zero-shot cell (k = 0,
+``OUT/runs/five+reports/k0``) scores the pretrained run against the class descriptions alone.
+
+The grid resumes: a cell whose ``metrics.json`` exists is read back, not redone (after checking
+that its run was trained with the same settings), and an interrupted run resumes from its
+checkpoint. Seeds fix the draw of the k slides per class (the same draw for every model, so
+models are compared on the same slides), the initialisation and the patch sampling; the
+evaluation never tunes anything on the test split.
+
+Results: ``OUT/fewshot.csv`` (long format: model, k, metric, mean, sd, n_seeds, values),
+``OUT/fewshot.md`` (a table per metric, rows models, columns k, best mean per column in bold),
+``OUT/cells.csv`` (one line per cell with its metrics, status and timings).
+
+Example:
+    >>> config = FewshotConfig(features="feats", cohort="cohort.csv", classes="classes.csv",
+    ...                        out="fewshot", models=["five", "abmil"], shots=[1, 4])
+    >>> result = run_fewshot(config)  # doctest: +SKIP
+    >>> result.mean("abmil", 4)  # doctest: +SKIP
+    0.71
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from fivewsi.evaluation.metrics import METRICS
+from fivewsi.utils.atomic import write_text_atomic
+
+log = logging.getLogger(__name__)
+
+#: The row of FiVE fine-tuned from a report-pretrained run.
+PRETRAINED_ROW = "five+reports"
+#: The headline metric of the tables.
+HEADLINE = "balanced_accuracy"
+#: Epochs per model when not set: few-shot training sets are tiny, so an epoch is a few steps.
+DEFAULT_EPOCHS = {"five": 40, PRETRAINED_ROW: 40, "label": 40}
+#: TrainConfig settings the grid sets itself.
+_GRID_SETTINGS = frozenset(
+    {"features", "cohort", "out", "classes", "init", "model", "shots", "seed", "objective",
+     "epochs", "attention"}
+)
+#: Few-shot training defaults: no validation slides carved out of k shots, fixed epochs.
+_FEWSHOT_TRAIN_DEFAULTS: dict[str, Any] = {"val_fraction": 0.0, "patience": None}
+_CELL_COLUMNS = ("model", "k", "seed", "status", *METRICS, "n_test", "train_seconds",
+                 "eval_seconds", "run", "error")
+
+
+class FewshotError(ValueError):
+    """The grid cannot run as configured, or its folder holds results of other settings."""
+
+
+class FewshotConfig(BaseModel):
+    """Settings of the few-shot grid (``fivewsi fewshot``).
+
+    Attributes:
+        features: folder of bags.
+        cohort: cohort CSV with train and test splits (shots are drawn from train).
+        classes: classes CSV (name, description); FiVE scores slides against the descriptions.
+        out: the grid's folder.
+        models: model names (see ``fivewsi.model.registry``); None: ``five`` and every
+            label-only baseline. ``five+reports`` is added when ``pretrained`` is set.
+        pretrained: a report-pretrained FiVE run: adds the ``five+reports`` row and its
+            zero-shot cell (k = 0).
+        shots: labelled slides per class.
+        seeds: one run per seed and k; at least 5 for a usable sd (fewer are allowed, with a
+            warning, for quick checks).
+        epochs: epochs for every model (an int) or per model name ({"abmil": 60}); models
+            not named use :data:`DEFAULT_EPOCHS`.
+        attention: FiVE's TFS attention ("local" or the paper's "full").
+        train_options: other ``TrainConfig`` settings for every run (lr, batch_size,
+            device, ...); few-shot runs default to no validation split and no early stopping.
+        model_options: ``TrainConfig`` settings per model, over ``train_options``.
+        n_bootstrap: bootstrap resamples of each cell's confidence intervals.
+        progress: show a progress bar over the cells.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    features: Path
+    cohort: Path
+    classes: Path | None = None
+    out: Path
+    models: list[str] | None = None
+    pretrained: Path | None = None
+    shots: list[int] = Field(default_factory=lambda: [1, 2, 4, 8, 16])
+    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2, 3, 4])
+    epochs: int | dict[str, int] | None = None
+    attention: Literal["local", "full"] = "local"
+    train_options: dict[str, Any] = Field(default_factory=dict)
+    model_options: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    n_bootstrap: int = Field(1000, ge=0)
+    progress: bool = True
+
+    @field_validator("features", "cohort", "classes", "out", "pretrained")
+    @classmethod
+    def _absolute(cls, value: Path | None) -> Path | None:
+        return None if value is None else value.expanduser().resolve()
+
+    @field_validator("shots")
+    @classmethod
+    def _check_shots(cls, value: list[int]) -> list[int]:
+        if not value or any(k < 1 for k in value):
+            raise ValueError(f"shots must be positive integers, got {value}")
+        return sorted(set(value))
+
+    @field_validator("seeds")
+    @classmethod
+    def _check_seeds(cls, value: list[int]) -> list[int]:
+        if not value or any(s < 0 for s in value) or len(set(value)) != len(value):
+            raise ValueError(f"seeds must be distinct non-negative integers, got {value}")
+        return value
+
+    @field_validator("epochs")
+    @classmethod
+    def _check_epochs(cls, value: int | dict[str, int] | None) -> int | dict[str, int] | None:
+        values = [value] if isinstance(value, int) else list((value or {}).values())
+        if any(v < 1 for v in values):
+            raise ValueError(f"epochs must be positive, got {value}")
+        return value
+
+    @model_validator(mode="after")
+    def _check(self) -> FewshotConfig:
+        for options in (self.train_options, *self.model_options.values()):
+            managed = sorted(_GRID_SETTINGS & set(options))
+            if managed:
+                raise ValueError(f"the grid sets {managed} itself; use the grid's own settings")
+        if self.models is not None:
+            if not self.models:
+                raise ValueError("models is empty")
+            if len(set(self.models)) != len(self.models):
+                raise ValueError(f"models listed twice: {self.models}")
+            if PRETRAINED_ROW in self.models and self.pretrained is None:
+                raise ValueError(f"model {PRETRAINED_ROW!r} needs pretrained (a reports run)")
+        if self.pretrained is not None and self.classes is None:
+            raise ValueError("pretrained needs classes (descriptions to score slides against)")
+        return self
+
+    def model_names(self) -> list[str]:
+        """The grid's rows: the report-pretrained FiVE first, then the models in order."""
+        from fivewsi.model.registry import list_models
+
+        if self.models is None:
+            labels = [n for n, spec in list_models().items() if spec.kind == "label"]
+            names = ["five", *labels]
+        else:
+            known = set(list_models())
+            unknown = [m for m in self.models if m not in known and m != PRETRAINED_ROW]
+            if unknown:
+                raise FewshotError(f"unknown models {unknown}; known: {sorted(known)}")
+            names = list(self.models)
+        if self.pretrained is not None and PRETRAINED_ROW not in names:
+            names.insert(0, PRETRAINED_ROW)
+        return names
+
+    def epochs_for(self, model: str, kind: str) -> int:
+        """Epochs of ``model`` (of registry ``kind``) in this grid."""
+        if isinstance(self.epochs, int):
+            return self.epochs
+        if self.epochs and model in self.epochs:
+            return self.epochs[model]
+        return DEFAULT_EPOCHS.get(model, DEFAULT_EPOCHS[kind if kind == "label" else "five"])
+
+
+@dataclass
+class FewshotCell:
+    """One cell of the grid: a model trained on k slides per class with one seed, tested.
+
+    ``seed`` is None for the zero-shot cell (k = 0); ``status`` is "trained" (done now),
+    "reused" (read back) or "failed" (``error`` says why).
+    """
+
+    model: str
+    k: int
+    seed: int | None
+    run: Path
+    status: str = "pending"
+    metrics: dict[str, float | None] = field(default_factory=dict)
+    n_test: int = 0
+    train_seconds: float = 0.0
+    eval_seconds: float = 0.0
+    error: str | None = None
+
+
+@dataclass
+class TableRow:
+    """Mean and sample sd over seeds of one metric for one model and k."""
+
+    model: str
+    k: int
+    metric: str
+    mean: float | None
+    sd: float | None
+    n_seeds: int
+    values: list[float]
+
+
+@dataclass
+class FewshotResult:
+    """The grid's cells, its summary table and the files written."""
+
+    out: Path
+    models: list[str]
+    shots: list[int]
+    cells: list[FewshotCell]
+    table: list[TableRow]
+    csv: Path
+    markdown: Path
+    seconds: float
+
+    @property
+    def failed(self) -> list[FewshotCell]:
+        return [c for c in self.cells if c.status == "failed"]
+
+    def mean(self, model: str, k: int, metric: str = HEADLINE) -> float | None:
+        """Mean over seeds of ``metric`` for ``model`` at ``k`` (None when it has no value)."""
+        for row in self.table:
+            if (row.model, row.k, row.metric) == (model, k, metric):
+                return row.mean
+        return None
+
+
+def run_fewshot(config: FewshotConfig) -> FewshotResult:
+    """Train and test every model × k × seed cell (resuming finished cells); write the tables.
+
+    Cells that fail are logged and recorded (``cells.csv``) and left out of the tables; the
+    others go on.
+    """
+    from fivewsi.model.registry import get_model_spec
+    from fivewsi.utils.logs import make_progress
+
+    start = time.perf_counter()
+    models = config.model_names()
+    if len(config.seeds) < 5:
+        log.warning("%d seeds: mean ± sd over fewer than 5 seeds is unreliable", len(config.seeds))
+    if config.pretrained is not None and not (config.pretrained / "run.json").is_file():
+        raise FewshotError(f"pretrained run not found: {config.pretrained} has no run.json")
+    runs = config.out / "runs"
+    cells: list[FewshotCell] = []
+    if config.pretrained is not None:
+        cells.append(FewshotCell(PRETRAINED_ROW, 0, None, runs / PRETRAINED_ROW / "k0"))
+    kinds = {m: "text" if m == PRETRAINED_ROW else get_model_spec(m).kind for m in models}
+    # k, then seed, then model: an interrupted grid already compares the models at small k.
+    cells += [
+        FewshotCell(model, k, seed, runs / model / f"k{k}" / f"seed{seed}")
+        for k in config.shots
+        for seed in config.seeds
+        for model in models
+    ]
+    log.info(
+        "few-shot grid: %d models × %d shots × %d seeds = %d cells → %s",
+        len(models), len(config.shots), len(config.seeds), len(cells), config.out,
+    )
+    with make_progress(config.progress) as bars:
+        bar = bars.add_task("few-shot cells", total=len(cells), rate="")
+        for cell in cells:
+            bars.update(bar, rate=f"{cell.model} k={cell.k}")
+            _run_cell(cell, config, kinds.get(cell.model, "text"))
+            _write_cells(config.out / "cells.csv", cells)
+            bars.advance(bar)
+
+    table = summarize(cells)
+    csv_path, md_path = config.out / "fewshot.csv", config.out / "fewshot.md"
+    write_text_atomic(csv_path, table_csv(table))
+    write_text_atomic(md_path, table_markdown(table, n_seeds=len(config.seeds)))
+    result = FewshotResult(
+        out=config.out,
+        models=models,
+        shots=([0] if config.pretrained is not None else []) + list(config.shots),
+        cells=cells,
+        table=table,
+        csv=csv_path,
+        markdown=md_path,
+        seconds=time.perf_counter() - start,
+    )
+    _log_summary(result)
+    return result
+
+
+def _run_cell(cell: FewshotCell, config: FewshotConfig, kind: str) -> None:
+    from fivewsi.evaluation.evaluate import evaluate_run
+
+    metrics_path = cell.run / "metrics.json"
+    try:
+        train_config = None if cell.k == 0 else _train_config(cell, config, kind)
+        if metrics_path.is_file():
+            _check_same_settings(cell, train_config, config)
+            _read_metrics(cell, metrics_path)
+            cell.status = "reused"
+            return
+        if train_config is not None:
+            from fivewsi.training.train import train
+
+            tic = time.perf_counter()
+            train(train_config)
+            cell.train_seconds = time.perf_counter() - tic
+        tic = time.perf_counter()
+        evaluate_run(
+            config.pretrained if cell.k == 0 else cell.run,
+            config.features,
+            config.cohort,
+            split="test",
+            classes=config.classes if cell.k == 0 else None,
+            out=cell.run,
+            n_bootstrap=config.n_bootstrap,
+            device=_eval_device(config),
+        )
+        cell.eval_seconds = time.perf_counter() - tic
+        _read_metrics(cell, metrics_path)
+        cell.status = "trained"
+    except FewshotError:
+        raise
+    except Exception as exc:  # one failed cell is recorded; the grid goes on
+        log.error("cell %s k=%d seed=%s failed: %s", cell.model, cell.k, cell.seed, exc,
+                  exc_info=log.isEnabledFor(logging.DEBUG))
+        cell.status = "failed"
+        cell.error = f"{type(exc).__name__}: {exc}"
+
+
+def _eval_device(config: FewshotConfig) -> str:
+    device = str(config.train_options.get("device", "auto"))
+    if device == "auto":
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def _train_config(cell: FewshotCell, config: FewshotConfig, kind: str) -> Any:
+    from fivewsi.training.config import TrainConfig
+
+    model = "five" if cell.model == PRETRAINED_ROW else cell.model
+    options: dict[str, Any] = {
+        **_FEWSHOT_TRAIN_DEFAULTS,
+        "progress": False,
+        **config.train_options,
+        **config.model_options.get(cell.model, {}),
+    }
+    return TrainConfig(
+        features=config.features,
+        cohort=config.cohort,
+        out=cell.run,
+        classes=config.classes,
+        init=config.pretrained if cell.model == PRETRAINED_ROW else None,
+        model=model,
+        objective="classes",
+        epochs=config.epochs_for(cell.model, kind),
+        shots=cell.k,
+        seed=cell.seed,
+        attention=config.attention,
+        **options,
+    )
+
+
+def _check_same_settings(cell: FewshotCell, train_config: Any, config: FewshotConfig) -> None:
+    """Refuse to reuse a finished cell whose run was trained (or scored) with other settings."""
+    if train_config is None:  # zero-shot: the evaluated run and descriptions must match
+        info = json.loads((cell.run / "metrics.json").read_text(encoding="utf-8"))
+        expected = {"run": str(config.pretrained), "classes_source": str(config.classes)}
+        found = {key: info.get(key) for key in expected}
+        if found != expected:
+            raise FewshotError(
+                f"{cell.run} holds a zero-shot result of other settings ({found}, now "
+                f"{expected}); use another out folder or delete it"
+            )
+        return
+    run_json = cell.run / "run.json"
+    if not run_json.is_file():
+        return
+    stored = json.loads(run_json.read_text(encoding="utf-8")).get("config", {})
+    wanted = train_config.result_settings()
+    differ = sorted(
+        key for key, value in wanted.items() if key in stored and stored[key] != value
+    )
+    if differ:
+        raise FewshotError(
+            f"{cell.run} was trained with other settings ({', '.join(differ)}); use another out "
+            "folder, or delete that cell to redo it"
+        )
+
+
+def _read_metrics(cell: FewshotCell, path: Path) -> None:
+    info = json.loads(path.read_text(encoding="utf-8"))
+    metrics = info["metrics"]
+    cell.metrics = {name: metrics[name]["value"] for name in METRICS}
+    cell.n_test = int(metrics["n"])
+
+
+def summarize(cells: Sequence[FewshotCell]) -> list[TableRow]:
+    """Mean and sample sd over seeds per model, k and metric, of the cells that have values.
+
+    Example:
+        >>> cells = [FewshotCell("m", 1, s, Path("."), "trained", {"auc": v})
+        ...          for s, v in enumerate([0.6, 0.8])]
+        >>> row = [r for r in summarize(cells) if r.metric == "auc"][0]
+        >>> round(row.mean, 3), round(row.sd, 3), row.n_seeds
+        (0.7, 0.141, 2)
+    """
+    groups: dict[tuple[str, int], list[FewshotCell]] = {}
+    for cell in cells:
+        if cell.status in ("trained", "reused"):
+            groups.setdefault((cell.model, cell.k), []).append(cell)
+    rows = []
+    for (model, k), group in groups.items():
+        for metric in METRICS:
+            values = [float(c.metrics[metric]) for c in group if c.metrics.get(metric) is not None]
+            mean = sum(values) / len(values) if values else None
+            sd = (
+                math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+                if mean is not None and len(values) > 1
+                else None
+            )
+            rows.append(TableRow(model, k, metric, mean, sd, len(values), values))
+    return rows
+
+
+def table_csv(table: Sequence[TableRow]) -> str:
+    """The long-format CSV of the table (``values`` joined by ``;``)."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["model", "k", "metric", "mean", "sd", "n_seeds", "values"])
+    for r in table:
+        writer.writerow([
+            r.model, r.k, r.metric, _num(r.mean), _num(r.sd), r.n_seeds,
+            ";".join(f"{v:.6g}" for v in r.values),
+        ])
+    return buffer.getvalue()
+
+
+def table_markdown(table: Sequence[TableRow], *, n_seeds: int | None = None) -> str:
+    """One markdown table per metric: rows models, columns k, ``mean ± sd`` in %, best bold.
+
+    Example:
+        >>> rows = [TableRow("a", 1, "auc", 0.7, 0.1, 2, [0.6, 0.8]),
+        ...         TableRow("b", 1, "auc", 0.9, None, 1, [0.9])]
+        >>> print(table_markdown(rows).splitlines()[-2:])
+        ['| a | 70.0 ± 10.0 |', '| b | **90.0** |']
+    """
+    models = list(dict.fromkeys(r.model for r in table))
+    shots = sorted({r.k for r in table})
+    seeds = f" over {n_seeds} seeds" if n_seeds else " over seeds"
+    lines = [
+        "# Few-shot results",
+        "",
+        f"Test-split metrics in %, mean ± sd{seeds}; k = labelled slides per class "
+        "(k = 0: zero-shot from the report-pretrained run). Prediction = most probable class, "
+        "nothing tuned on the test split. Best mean per column in bold.",
+    ]
+    for metric in sorted({r.metric for r in table}, key=_metric_order):
+        by_cell = {(r.model, r.k): r for r in table if r.metric == metric}
+        best = {
+            k: max((r.mean for (m, kk), r in by_cell.items() if kk == k and r.mean is not None),
+                   default=None)
+            for k in shots
+        }
+        title = f"{metric} (headline)" if metric == HEADLINE else metric
+        lines += ["", f"## {title}", "", "| model | " + " | ".join(f"k={k}" for k in shots) + " |",
+                  "|---|" + "---:|" * len(shots)]
+        for model in models:
+            cells = []
+            for k in shots:
+                row = by_cell.get((model, k))
+                if row is None or row.mean is None:
+                    cells.append("")
+                    continue
+                text = f"{100 * row.mean:.1f}"
+                if row.sd is not None:
+                    text += f" ± {100 * row.sd:.1f}"
+                if best[k] is not None and math.isclose(row.mean, best[k], abs_tol=1e-12):
+                    text = f"**{text}**"
+                cells.append(text)
+            lines.append(f"| {model} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _metric_order(metric: str) -> int:
+    order = [HEADLINE, *[m for m in METRICS if m != HEADLINE]]
+    return order.index(metric) if metric in order else len(order)
+
+
+def _num(value: float | None) -> str:
+    return "" if value is None else f"{value:.6g}"
+
+
+def _write_cells(path: Path, cells: Sequence[FewshotCell]) -> None:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(_CELL_COLUMNS)
+    for c in cells:
+        if c.status == "pending":
+            continue
+        writer.writerow([
+            c.model, c.k, "" if c.seed is None else c.seed, c.status,
+            *[_num(c.metrics.get(m)) for m in METRICS], c.n_test,
+            f"{c.train_seconds:.2f}", f"{c.eval_seconds:.2f}", c.run, c.error or "",
+        ])
+    write_text_atomic(path, buffer.getvalue())
+
+
+def _log_summary(result: FewshotResult) -> None:
+    counts = {s: sum(c.status == s for c in result.cells) for s in ("trained", "reused", "failed")}
+    log.info(
+        "few-shot grid done in %.1f s: %d cells trained, %d reused, %d failed → %s",
+        result.seconds, counts["trained"], counts["reused"], counts["failed"], result.markdown,
+    )
+    header = "model".ljust(14) + "".join(f"k={k}".rjust(16) for k in result.shots)
+    log.info("%s (balanced accuracy %%, mean ± sd)", header)
+    for model in result.models:
+        parts = []
+        for k in result.shots:
+            row = next((r for r in result.table
+                        if (r.model, r.k, r.metric) == (model, k, HEADLINE)), None)
+            if row is None or row.mean is None:
+                parts.append("".rjust(16))
+            else:
+                sd = f" ± {100 * row.sd:.1f}" if row.sd is not None else ""
+                parts.append(f"{100 * row.mean:.1f}{sd}".rjust(16))
+        log.info("%s", model.ljust(14) + "".join(parts))
+    for cell in result.failed[:5]:
+        log.warning("failed: %s k=%d seed=%s: %s", cell.model, cell.k, cell.seed, cell.error)

@@ -1,0 +1,368 @@
+"""`fivewsi predict`: slides or feature files → predictions, fine-grained attributes, heatmaps,
+GeoJSON and one HTML page.
+
+Slides are preprocessed with the run's encoder and tiling settings into ``OUT`` (finished feature
+files are reused, so a rerun only predicts); feature files are read as they are. A slide that
+fails anywhere keeps its row, with its error, in ``predictions.csv`` and the page.
+
+Outputs::
+
+    OUT/predictions.csv          slide_id, status, error, predicted, p_<class>..., per-question
+                                 best category and its probability, draft description
+    OUT/heatmaps/<id>/*.png      overlays on the thumbnail: the predicted class, each question
+    OUT/geojson/<id>.geojson     patch polygons with every score as a measurement (QuPath)
+    OUT/report.html              the self-contained page
+
+Example:
+    >>> from fivewsi.predict.predict import PredictConfig
+    >>> PredictConfig(run="RUN", inputs=["slides"], out="OUT").heatmaps
+    True
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from fivewsi.utils.atomic import write_text_atomic
+from fivewsi.utils.logs import make_progress
+
+if TYPE_CHECKING:
+    from fivewsi.features.bags import Bag
+    from fivewsi.predict.html import SlideReport
+    from fivewsi.training.run import SlideClassifier, SlidePrediction
+
+log = logging.getLogger(__name__)
+
+#: Suffixes read as bags of features rather than as slides.
+FEATURE_SUFFIXES = (".h5", ".pt")
+#: Side of the thumbnail heatmaps are drawn on.
+THUMBNAIL_SIDE = 1024
+
+
+class PredictConfig(BaseModel):
+    """Settings of ``fivewsi predict``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    run: Path
+    inputs: list[Path]
+    out: Path
+    classes: Path | None = None
+    slide_mpp: float | None = Field(None, gt=0, description="level-0 mpp when metadata lacks it")
+    workers: int | None = Field(None, ge=0)
+    device: str = "cpu"
+    heatmaps: bool = True
+    geojson: bool = True
+    html: bool = True
+    progress: bool = True
+
+
+@dataclass
+class SlideOutcome:
+    """One input's result: a prediction, or the error that stopped it."""
+
+    slide_id: str
+    source: Path
+    status: str = "ok"
+    error: str = ""
+    prediction: SlidePrediction | None = None
+    attributes: dict[str, tuple[str, float]] = field(default_factory=dict)
+    description: str = ""
+    n_patches: int = 0
+    heatmaps: dict[str, Path] = field(default_factory=dict)
+    thumbnail: Path | None = None
+    geojson: Path | None = None
+
+
+@dataclass
+class PredictResult:
+    """Every input's outcome and where the outputs are."""
+
+    out: Path
+    outcomes: list[SlideOutcome]
+    classes: list[str]
+    seconds: float
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def failed(self) -> list[SlideOutcome]:
+        return [o for o in self.outcomes if o.status != "ok"]
+
+
+def predict(config: PredictConfig) -> PredictResult:
+    """Predict every input of ``config``; failures are recorded, never fatal for the others."""
+    from fivewsi.training.run import load_model
+
+    started = time.perf_counter()
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    timings: dict[str, float] = {}
+    classifier = load_model(config.run, classes=config.classes, device=config.device)
+    slides, features = _split_inputs(config.inputs)
+    tick = time.perf_counter()
+    sources = _preprocess_slides(slides, classifier, config) if slides else {}
+    sources.update({p.stem: (p, None, "") for p in features})
+    timings["preprocess"] = time.perf_counter() - tick
+    outcomes = _predict_all(sources, classifier, config, timings)
+    tick = time.perf_counter()
+    _write_predictions(out / "predictions.csv", outcomes, classifier)
+    if config.html:
+        _write_page(out, outcomes, classifier, config)
+    timings["page"] = time.perf_counter() - tick
+    result = PredictResult(out, outcomes, list(classifier.classes), 0.0, timings)
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+def _split_inputs(inputs: list[Path]) -> tuple[list[Path], list[Path]]:
+    """Feature files as given or found in folders; everything else goes to the slide finder."""
+    from fivewsi.slides.readers import find_slides
+
+    features: list[Path] = []
+    others: list[Path] = []
+    for path in map(Path, inputs):
+        if path.is_dir():
+            found = sorted(p for s in FEATURE_SUFFIXES for p in path.glob(f"*{s}"))
+            features.extend(found)
+            if not found:
+                others.append(path)
+        elif path.suffix.lower() in FEATURE_SUFFIXES:
+            features.append(path)
+        else:
+            others.append(path)
+    missing = [p for p in others if not p.exists()]
+    if missing:
+        raise FileNotFoundError(f"input not found: {', '.join(map(str, missing))}")
+    return (find_slides(others) if others else []), features
+
+
+def _preprocess_slides(
+    slides: list[Path], classifier: SlideClassifier, config: PredictConfig
+) -> dict[str, tuple[Path, Path | None, str]]:
+    """Tile and embed slides with the run's settings; slide_id → (feature file, slide, error)."""
+    from fivewsi.features.preprocess import PreprocessConfig, preprocess
+    from fivewsi.slides.readers import slide_id_from_path
+
+    settings = classifier.preprocess_settings()
+    options: dict[str, Any] = {
+        key: settings[key]
+        for key in ("target_mpp", "patch_size", "encoder", "min_tissue")
+        if settings.get(key) is not None
+    }
+    if config.workers is not None:
+        options["workers"] = config.workers
+    pre = PreprocessConfig(**options, slide_mpp=config.slide_mpp, device=config.device, qc=False)
+    log.info("preprocessing %d slide(s) with %s", len(slides), options)
+    result = preprocess(slides, config.out, pre, progress=config.progress)
+    by_id = {r.slide_id: r for r in result.records}
+    sources = {}
+    for slide in slides:
+        slide_id = slide_id_from_path(slide)
+        record = by_id.get(slide_id)
+        feature_file = Path(config.out) / "features" / f"{slide_id}.h5"
+        error = "" if record and record.status == "done" else (record.error if record else "")
+        sources[slide_id] = (feature_file, slide, error or ("" if record else "not processed"))
+    return sources
+
+
+def _predict_all(
+    sources: dict[str, tuple[Path, Path | None, str]],
+    classifier: SlideClassifier,
+    config: PredictConfig,
+    timings: dict[str, float],
+) -> list[SlideOutcome]:
+    from fivewsi.features.bags import load_bag
+
+    outcomes = []
+    attribute_texts = _attribute_texts(classifier)
+    timings.setdefault("model", 0.0)
+    timings.setdefault("render", 0.0)
+    with make_progress(config.progress) as bars:
+        task = bars.add_task("predict", total=len(sources), rate="")
+        for slide_id, (feature_file, slide, error) in sorted(sources.items()):
+            outcome = SlideOutcome(slide_id, slide or feature_file)
+            if error:
+                outcome.status, outcome.error = "failed", error
+            else:
+                try:
+                    tick = time.perf_counter()
+                    bag = load_bag(feature_file)
+                    _predict_one(outcome, bag, classifier, attribute_texts)
+                    timings["model"] += time.perf_counter() - tick
+                    tick = time.perf_counter()
+                    _render_one(outcome, bag, slide, classifier, config)
+                    timings["render"] += time.perf_counter() - tick
+                except Exception as exc:  # one bad slide must not stop the batch
+                    log.warning("%s: prediction failed: %s", slide_id, exc)
+                    outcome.status, outcome.error = "failed", f"{type(exc).__name__}: {exc}"
+            outcomes.append(outcome)
+            bars.advance(task)
+    return outcomes
+
+
+def _attribute_texts(classifier: SlideClassifier) -> dict[str, tuple[list[str], np.ndarray]]:
+    """Question key → (its known categories, their rendered phrases' text embeddings)."""
+    if classifier.kind != "text":
+        return {}
+    texts = {}
+    for question in classifier.questions.questions:
+        categories = [c for c in question.render if c in question.categories]
+        phrases = [question.render[c] for c in categories]
+        texts[question.key] = (categories, classifier.embed_texts(phrases))
+    return texts
+
+
+def _predict_one(
+    outcome: SlideOutcome,
+    bag: Bag,
+    classifier: SlideClassifier,
+    attribute_texts: dict[str, tuple[list[str], np.ndarray]],
+) -> None:
+    from fivewsi.reports.render import render_label
+
+    prediction = classifier.predict(bag)
+    outcome.prediction = prediction
+    outcome.n_patches = bag.n_patches
+    scale = classifier.logit_scale()
+    for key, (categories, embeddings) in attribute_texts.items():
+        logits = scale * embeddings @ prediction.embedding
+        probs = np.exp(logits - logits.max())
+        probs /= probs.sum()
+        best = int(np.argmax(probs))
+        outcome.attributes[key] = (categories[best], float(probs[best]))
+    if outcome.attributes:
+        questions = classifier.questions
+        best = {k: v[0] for k, v in outcome.attributes.items()}
+        outcome.description = render_label(best, questions)
+
+
+def _heatmap_scores(
+    prediction: SlidePrediction, classifier: SlideClassifier
+) -> dict[str, np.ndarray]:
+    """Map name → per-patch score: the predicted class, then each question prompt."""
+    scores = {f"class {prediction.predicted}": prediction.class_attention}
+    if prediction.prompt_attention is not None:
+        for index, question in enumerate(classifier.questions.questions):
+            scores[question.key] = prediction.prompt_attention[index]
+    return scores
+
+
+def _render_one(
+    outcome: SlideOutcome,
+    bag: Bag,
+    slide: Path | None,
+    classifier: SlideClassifier,
+    config: PredictConfig,
+) -> None:
+    from fivewsi.predict.geojson import patch_geojson, write_geojson
+    from fivewsi.predict.heatmaps import HeatmapCanvas, save_png
+
+    assert outcome.prediction is not None
+    if bag.coords is None or not (config.heatmaps or config.geojson):
+        return
+    size = bag.patch_size_level0 or 256
+    scores = _heatmap_scores(outcome.prediction, classifier)
+    out = Path(config.out)
+    if config.geojson:
+        collection = patch_geojson(bag.coords, size, scores, slide_id=outcome.slide_id)
+        outcome.geojson = write_geojson(out / "geojson" / f"{outcome.slide_id}.geojson", collection)
+    if not config.heatmaps:
+        return
+    thumbnail, downsample = _thumbnail(slide, bag, size, config.slide_mpp)
+    canvas = HeatmapCanvas(thumbnail, bag.coords, size, downsample, max_side=THUMBNAIL_SIDE)
+    folder = out / "heatmaps" / outcome.slide_id
+    plain = canvas.render(np.full(bag.n_patches, np.nan))  # NaN leaves every patch unpainted
+    outcome.thumbnail = save_png(folder / "thumbnail.png", plain)
+    for name, values in scores.items():
+        filename = name.replace(" ", "-").replace("/", "-") + ".png"
+        outcome.heatmaps[name] = save_png(folder / filename, canvas.render(values))
+
+
+def _thumbnail(
+    slide: Path | None, bag: Bag, size: int, slide_mpp: float | None
+) -> tuple[np.ndarray, float]:
+    """The slide's thumbnail when the slide is at hand, else a plain canvas from the coords."""
+    from fivewsi.predict.heatmaps import blank_thumbnail
+    from fivewsi.slides.readers import open_slide
+
+    if slide is not None:
+        with open_slide(slide, mpp=slide_mpp) as reader:
+            return reader.read_thumbnail(THUMBNAIL_SIDE)
+    return blank_thumbnail(bag.coords, size, max_side=THUMBNAIL_SIDE)
+
+
+def _write_predictions(
+    path: Path, outcomes: list[SlideOutcome], classifier: SlideClassifier
+) -> None:
+    keys = [q.key for q in classifier.questions.questions] if classifier.kind == "text" else []
+    header = ["slide_id", "status", "error", "predicted"]
+    header += [f"p_{c}" for c in classifier.classes]
+    header += [col for k in keys for col in (k, f"{k}_probability")]
+    header += ["description", "n_patches"]
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(header)
+    for o in outcomes:
+        p = o.prediction
+        row: list[Any] = [o.slide_id, o.status, o.error, p.predicted if p else ""]
+        row += [f"{v:.6f}" for v in p.probabilities] if p else [""] * len(classifier.classes)
+        for key in keys:
+            category, prob = o.attributes.get(key, ("", float("nan")))
+            row += [category, f"{prob:.4f}" if category else ""]
+        row += [o.description, o.n_patches]
+        writer.writerow(row)
+    write_text_atomic(path, buffer.getvalue())
+
+
+def _write_page(
+    out: Path, outcomes: list[SlideOutcome], classifier: SlideClassifier, config: PredictConfig
+) -> None:
+    from fivewsi.predict.html import write_report_html
+
+    reports = [_slide_report(o, classifier, out) for o in outcomes]
+    summary = {
+        "slides": len(outcomes),
+        "failed": sum(o.status != "ok" for o in outcomes),
+        "classes": ", ".join(classifier.classes),
+    }
+    run_info = {
+        "run": str(config.run),
+        "model": classifier.model_name,
+        **{k: v for k, v in classifier.preprocess_settings().items() if v is not None},
+    }
+    write_report_html(out / "report.html", reports, summary=summary, run_info=run_info)
+
+
+def _slide_report(outcome: SlideOutcome, classifier: SlideClassifier, out: Path) -> SlideReport:
+    from fivewsi.predict.html import AttributeRow, SlideImage, SlideReport
+
+    p = outcome.prediction
+    questions = {q.key: q for q in classifier.questions.questions} if p else {}
+    rows = []
+    for key, (category, prob) in outcome.attributes.items():
+        answer = questions[key].render.get(category, category)
+        rows.append(AttributeRow(questions[key].question, answer, prob))
+    return SlideReport(
+        slide_id=outcome.slide_id,
+        status=outcome.status,
+        error=outcome.error or None,
+        predicted=p.predicted if p else None,
+        probabilities=dict(zip(classifier.classes, map(float, p.probabilities), strict=True))
+        if p
+        else {},
+        attributes=rows,
+        description=outcome.description or None,
+        thumbnail=SlideImage("slide", outcome.thumbnail) if outcome.thumbnail else None,
+        heatmaps=[SlideImage(name, path) for name, path in outcome.heatmaps.items()],
+        geojson=str(outcome.geojson.relative_to(out)) if outcome.geojson else None,
+        details={"patches": outcome.n_patches, "source": outcome.source.name},
+    )

@@ -1,0 +1,157 @@
+"""load_model: zero-shot from a pretrained run, class runs, baselines, predictions."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from fivewsi.cohort import ClassDescription, make_synthetic_cohort
+from fivewsi.cohort.synthetic import SyntheticCohort
+from fivewsi.features.bags import Bag, load_bag
+from fivewsi.training import RunError, TrainConfig, load_model, train
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread() -> Iterator[None]:
+    # Tiny models on a shared 2-core machine: extra intra-op threads only wait on each other.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _tiny_text_model(folder: Path) -> Path:
+    """A 2-layer, 32-wide BERT with MiniLM's tokenizer: a fast local text encoder for tests."""
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    from fivewsi.model.text import resolve_text_model
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_text_model("all-minilm-l6-v2"))
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2,
+        num_attention_heads=2, intermediate_size=64, max_position_embeddings=128,
+    )
+    BertModel(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory: pytest.TempPathFactory) -> SyntheticCohort:
+    root = tmp_path_factory.mktemp("cohort")
+    made = make_synthetic_cohort(root, n_train=12, n_test=4, dim=16, n_patches=(30, 45), seed=1)
+    _tiny_text_model(root / "tiny-bert")
+    return made
+
+
+def _train(cohort: SyntheticCohort, out: Path, **options: object) -> Path:
+    settings: dict[str, object] = {
+        "epochs": 1, "batch_size": 4, "progress": False, "dim": 32, "heads": 4,
+        "n_learnable_prompts": 3, "negatives": "batch",
+        "text_encoder": str(cohort.root / "tiny-bert"),
+    }
+    settings.update(options)
+    train(TrainConfig(features=cohort.features_dir, cohort=cohort.cohort_csv, out=out,
+                      **settings))
+    return out
+
+
+@pytest.fixture(scope="module")
+def runs(cohort: SyntheticCohort, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("runs")
+    pretrained = _train(cohort, root / "pretrain")
+    return {
+        "pretrained": pretrained,
+        "classes": _train(cohort, root / "classes", classes=cohort.classes_csv, init=pretrained),
+        "abmil": _train(cohort, root / "abmil", model="abmil", dim=16),
+    }
+
+
+def _bags(cohort: SyntheticCohort, n: int = 2) -> list[Bag]:
+    return [load_bag(p) for p in sorted(cohort.features_dir.glob("*.h5"))[:n]]
+
+
+def test_zero_shot_from_a_pretrained_run(runs: dict[str, Path], cohort: SyntheticCohort) -> None:
+    with pytest.raises(RunError, match="pass classes"):
+        load_model(runs["pretrained"])
+    classifier = load_model(runs["pretrained"], classes=cohort.classes_csv)
+    assert classifier.classes == ["LUAD", "LUSC"] and classifier.kind == "text"
+    assert len(classifier.prompt_names) == 6 + 3
+    assert classifier.prompt_names[-1] == "learnable-3"
+    bag = _bags(cohort, 1)[0]
+    prediction = classifier.predict(bag)
+    n = bag.n_patches
+    assert prediction.slide_id == bag.slide_id
+    assert prediction.probabilities.shape == (2,)
+    assert prediction.probabilities.sum() == pytest.approx(1.0, abs=1e-5)
+    assert prediction.predicted == classifier.classes[int(prediction.probabilities.argmax())]
+    assert prediction.embedding.shape == (32,)
+    assert prediction.prompt_attention is not None
+    assert prediction.prompt_attention.shape == (9, n)
+    assert prediction.patch_attention.shape == (n,)
+    assert prediction.patch_attention.sum() == pytest.approx(1.0, abs=1e-4)
+    # A convex combination of the prompts' attention maps, renormalised.
+    attention = prediction.class_attention
+    assert attention.shape == (n,) and attention.sum() == pytest.approx(1.0, abs=1e-4)
+    rows = prediction.prompt_attention / prediction.prompt_attention.sum(1, keepdims=True)
+    assert (attention >= rows.min(0) - 1e-6).all() and (attention <= rows.max(0) + 1e-6).all()
+    scores = classifier.similarities(bag, classifier.descriptions)
+    expected = torch.softmax(torch.from_numpy(scores), 0).numpy()
+    assert np.allclose(expected, prediction.probabilities, atol=1e-5)
+
+
+def test_other_descriptions_change_a_text_model_but_not_a_label_model(
+    runs: dict[str, Path], cohort: SyntheticCohort
+) -> None:
+    bag = _bags(cohort, 1)[0]
+    stored = load_model(runs["classes"])
+    assert stored.descriptions == [c.description for c in cohort.classes]
+    other = [ClassDescription("A", "acinar growth pattern"), ClassDescription("B", "keratin")]
+    swapped = load_model(runs["classes"], classes=other)
+    assert swapped.classes == ["A", "B"]
+    assert not np.allclose(stored.predict(bag).probabilities, swapped.predict(bag).probabilities)
+    with pytest.raises(RunError, match="label model"):
+        load_model(runs["abmil"], classes=other)
+    baseline = load_model(runs["abmil"], classes=cohort.classes)
+    with pytest.raises(TypeError, match="no text side"):
+        baseline.embed_texts(["x"])
+
+
+def test_text_embeddings_are_normalised(runs: dict[str, Path], cohort: SyntheticCohort) -> None:
+    classifier = load_model(runs["classes"])
+    embedded = classifier.embed_texts(["poorly differentiated", "margins clear"])
+    assert embedded.shape == (2, 32)
+    assert np.allclose(np.linalg.norm(embedded, axis=1), 1.0, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["classes", "abmil"])
+def test_batched_predictions_match_single_ones(
+    name: str, runs: dict[str, Path], cohort: SyntheticCohort
+) -> None:
+    classifier = load_model(runs[name])
+    bags = _bags(cohort, 3)
+    together = classifier.predict_batch(bags)
+    for bag, joint in zip(bags, together, strict=True):
+        alone = classifier.predict(bag)
+        assert joint.slide_id == alone.slide_id and joint.predicted == alone.predicted
+        assert np.allclose(joint.probabilities, alone.probabilities, atol=1e-5)
+        assert np.allclose(joint.class_attention, alone.class_attention, atol=1e-5)
+    assert classifier.predict_batch([]) == []
+
+
+def test_an_unfinished_or_foreign_folder_is_refused(
+    runs: dict[str, Path], tmp_path: Path
+) -> None:
+    with pytest.raises(RunError, match="not a fivewsi run"):
+        load_model(tmp_path)
+    info = json.loads((runs["abmil"] / "run.json").read_text())
+    info["status"] = "running"
+    (tmp_path / "run.json").write_text(json.dumps(info))
+    with pytest.raises(RunError, match="has not finished"):
+        load_model(tmp_path)

@@ -1,0 +1,146 @@
+"""Report contrastive loss (field dropping, dedup, negatives) and the class losses."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from fivewsi.cohort.labels import LabelPart
+from fivewsi.model.outputs import AggregatorOutput
+from fivewsi.training.losses import (
+    IGNORE,
+    class_loss,
+    content_key,
+    contrastive_loss,
+    eval_report_texts,
+    prompt_mask_for,
+    report_step,
+)
+from fivewsi.training.module import accuracy_metrics, lr_factor
+
+KEYS = ["grade", "stas", "vessels", "pleura"]
+N_PROMPTS = len(KEYS) + 3
+
+
+def _label(**fields: str) -> list[LabelPart]:
+    return [
+        LabelPart(key, text, unknown=text == "Unknown") for key, text in fields.items()
+    ]
+
+
+A = _label(grade="high grade", stas="stas present", vessels="Unknown", pleura="pleura clear")
+B = _label(grade="low grade", stas="stas absent", vessels="vessels invaded", pleura="Unknown")
+A_REORDERED = [A[3], A[0], A[1]]  # same known parts, another order, no Unknown part
+
+
+def _parts_of(text: str) -> set[str]:
+    return set(text.split("; ")) if text else set()
+
+
+def test_identical_labels_share_one_target() -> None:
+    step = report_step([A, B, A_REORDERED, A], KEYS, N_PROMPTS, np.random.default_rng(0),
+                       max_drop_fraction=0.0)
+    assert step.targets.tolist() == [0, 1, 0, 0]
+    assert len(step.texts) == step.n_positive == 2
+    assert _parts_of(step.texts[0]) == {"high grade", "stas present", "pleura clear"}
+    assert step.prompt_mask.all()
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1))
+def test_dropped_fields_and_unknown_parts_never_reach_the_texts(seed: int) -> None:
+    step = report_step([A, B], KEYS, N_PROMPTS, np.random.default_rng(seed),
+                       max_drop_fraction=0.75)
+    dropped_texts = {p.text for p in A + B if p.key in step.drop_keys}
+    for text in step.texts:
+        assert not _parts_of(text) & dropped_texts
+        assert "Unknown" not in _parts_of(text)
+    for i, key in enumerate(KEYS):
+        assert bool(step.prompt_mask[i]) == (key not in step.drop_keys)
+    assert step.prompt_mask[len(KEYS):].all()  # learnable prompts are always kept
+    for label, target in zip([A, B], step.targets.tolist(), strict=True):
+        kept = {p.text for p in label if not p.unknown and p.key not in step.drop_keys}
+        if target == IGNORE:
+            assert not kept
+        else:
+            assert _parts_of(step.texts[target]) == kept
+
+
+def test_all_negatives_are_the_pool_with_the_same_fields_dropped() -> None:
+    c = _label(grade="low grade", stas="stas present", vessels="vessels clear", pleura="Unknown")
+    pool = [A, B, c, A_REORDERED]
+    for seed in range(20):
+        step = report_step([A], KEYS, N_PROMPTS, np.random.default_rng(seed), negatives="all",
+                           pool=pool, max_drop_fraction=0.5)
+        assert step.n_positive == 1 and step.targets.tolist() == [0]
+        keys = [content_key([LabelPart("", t) for t in text.split("; ")]) for text in step.texts]
+        assert len(set(keys)) == len(keys)  # one text per distinct content, A only once
+        expected = {
+            content_key([p for p in lab if not p.unknown and p.key not in step.drop_keys])
+            for lab in pool
+        }
+        assert set(keys) == {k for k in expected if k}
+
+
+def test_negatives_all_needs_a_pool_and_unknown_schemes_fail() -> None:
+    with pytest.raises(ValueError, match="pool"):
+        report_step([A], KEYS, N_PROMPTS, np.random.default_rng(0), negatives="all")
+    with pytest.raises(ValueError, match="negatives"):
+        report_step([A], KEYS, N_PROMPTS, np.random.default_rng(0), negatives="some")
+
+
+def test_a_step_where_every_label_would_be_empty_is_redrawn() -> None:
+    only_grade = [LabelPart("grade", "high grade")]
+    for seed in range(30):
+        step = report_step([only_grade], KEYS, N_PROMPTS, np.random.default_rng(seed),
+                           max_drop_fraction=0.5)
+        assert step.targets.tolist() == [0] and "grade" not in step.drop_keys
+
+
+def test_eval_texts_are_canonical_and_deduplicated() -> None:
+    texts, targets = eval_report_texts([A, B, A_REORDERED, _label(grade="Unknown")])
+    assert texts == ["high grade; stas present; pleura clear", "low grade; stas absent; "
+                     "vessels invaded"]
+    assert targets.tolist() == [0, 1, 0, IGNORE]
+
+
+def test_prompt_mask_keeps_learnable_prompts() -> None:
+    assert prompt_mask_for(KEYS, 6, {"stas", "pleura"}).tolist() == [
+        True, False, True, False, True, True
+    ]
+
+
+def test_contrastive_loss_ignores_empty_slides_and_keeps_the_graph() -> None:
+    logits = torch.tensor([[5.0, 0.0], [0.0, 5.0], [9.0, -9.0]], requires_grad=True)
+    loss = contrastive_loss(logits, torch.tensor([0, 1, IGNORE]))
+    expected = torch.nn.functional.cross_entropy(logits[:2], torch.tensor([0, 1]))
+    assert torch.isclose(loss, expected)
+    empty = contrastive_loss(logits, torch.tensor([IGNORE] * 3))
+    empty.backward()
+    assert float(empty.detach()) == 0.0 and logits.grad is not None
+
+
+def test_class_loss_adds_the_models_auxiliary_loss() -> None:
+    logits = torch.tensor([[2.0, 0.0], [0.0, 1.0]])
+    targets = torch.tensor([0, 1])
+    plain = class_loss(AggregatorOutput(torch.zeros(2, 3)), logits, targets)
+    assert torch.isclose(plain, torch.nn.functional.cross_entropy(logits, targets))
+    aux = AggregatorOutput(torch.zeros(2, 3), aux_loss=torch.tensor(0.5))
+    assert torch.isclose(class_loss(aux, logits, targets), plain + 0.5)
+
+
+def test_schedule_warms_up_then_decays_to_zero() -> None:
+    values = [lr_factor(s, warmup=5, total=50) for s in range(51)]
+    assert values[:6] == sorted(values[:6]) and max(values) == 1.0
+    assert values[5:] == sorted(values[5:], reverse=True) and values[-1] == 0.0
+    assert lr_factor(0, warmup=0, total=10) == 1.0
+
+
+def test_balanced_accuracy_weights_classes_equally() -> None:
+    target = torch.tensor([0, 0, 0, 0, 1])
+    metrics = accuracy_metrics(torch.zeros(5, dtype=torch.long), target)
+    assert float(metrics["val/acc"]) == pytest.approx(0.8)
+    assert float(metrics["val/bacc"]) == pytest.approx(0.5)
