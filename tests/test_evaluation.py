@@ -226,6 +226,15 @@ def test_evaluate_command_prints_metrics_and_writes_json(
     assert result.exit_code == 2 and "SCLC" in result.output
 
 
+def test_evaluate_command_refuses_a_folder_that_is_not_a_run(
+    cohort: SyntheticCohort, tmp_path: Path
+) -> None:
+    args = ["evaluate", str(tmp_path), "--features", str(cohort.features_dir),
+            "--cohort", str(cohort.cohort_csv)]
+    result = CliRunner().invoke(_cli(), args)
+    assert result.exit_code == 2 and "not a fivewsi run folder" in result.output
+
+
 # --- with real training (fivewsi.training) ---------------------------------------------------
 
 TINY = {"dim": 16, "heads": 2, "batch_size": 4, "n_learnable_prompts": 1}

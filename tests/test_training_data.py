@@ -168,3 +168,16 @@ def test_epoch_sampler_shares_and_reshuffles(tmp_path: Path) -> None:
     assert dataset.epoch == 3
     shares[0].set_epoch(4)
     assert list(shares[0]) != first
+
+
+def test_small_training_sets_get_enough_steps(tmp_path) -> None:
+    from fivewsi.training.config import TrainConfig
+    from fivewsi.training.train import _epochs
+
+    def config(**kw):
+        return TrainConfig(features=tmp_path, cohort=tmp_path / "c.csv", out=tmp_path / "r", **kw)
+
+    assert _epochs(config(epochs=3, min_steps=10), batches_per_epoch=2) == 5
+    assert _epochs(config(epochs=30, min_steps=10), batches_per_epoch=2) == 30
+    assert _epochs(config(epochs=3, min_steps=10, accumulate=2), batches_per_epoch=2) == 10
+    assert _epochs(config(epochs=3, min_steps=0), batches_per_epoch=1) == 3

@@ -4,6 +4,12 @@ The package follows the pipeline's stages, one subpackage each:
 
 - :mod:`fivewsi.slides` — open slides of any format, find tissue, tile it into patches.
 - :mod:`fivewsi.features` — embed patches with a frozen patch encoder into bags of features.
+- :mod:`fivewsi.reports` — pathology reports → fine-grained labels (LLM or offline rules).
+- :mod:`fivewsi.cohort` — cohort and class tables, label parsing, the synthetic cohort.
+- :mod:`fivewsi.model` — FiVE (text encoder, prompts, TFS aggregator) and the MIL baselines.
+- :mod:`fivewsi.training` — report pretraining and few-shot fine-tuning (Lightning), runs.
+- :mod:`fivewsi.evaluation` — metrics with bootstrap intervals, the few-shot grid.
+- :mod:`fivewsi.predict` — predictions, heatmaps, GeoJSON and the HTML report.
 
 Example:
     >>> import fivewsi
@@ -27,12 +33,19 @@ _EXPORTS = {
     "list_encoders": "fivewsi.features.registry",
     "SlideError": "fivewsi.slides.readers",
     "open_slide": "fivewsi.slides.readers",
+    "load_model": "fivewsi.training.run",
+    "SlideClassifier": "fivewsi.training.run",
+    "SlidePrediction": "fivewsi.training.run",
+    "create_model": "fivewsi.model.registry",
+    "list_models": "fivewsi.model.registry",
 }
 
 if TYPE_CHECKING:
     from fivewsi.features.bags import Bag, load_bag, save_bag
     from fivewsi.features.registry import create_encoder, list_encoders
+    from fivewsi.model.registry import create_model, list_models
     from fivewsi.slides.readers import SlideError, open_slide
+    from fivewsi.training.run import SlideClassifier, SlidePrediction, load_model
 
 
 def __getattr__(name: str) -> Any:
@@ -43,11 +56,16 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "Bag",
+    "SlideClassifier",
     "SlideError",
+    "SlidePrediction",
     "__version__",
     "create_encoder",
+    "create_model",
     "list_encoders",
+    "list_models",
     "load_bag",
+    "load_model",
     "open_slide",
     "save_bag",
 ]

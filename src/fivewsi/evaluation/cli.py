@@ -61,6 +61,7 @@ def evaluate_command(
     """
     from fivewsi.cohort.table import CohortError
     from fivewsi.evaluation.evaluate import EvaluationError, evaluate_run
+    from fivewsi.training.run import RunError
     from fivewsi.utils.logs import configure_logging, console
 
     configure_logging(-1 if quiet else verbose)
@@ -71,7 +72,8 @@ def evaluate_command(
             run, features, cohort, split=chosen, classes=classes, out=out,
             n_bootstrap=n_bootstrap, device=device,
         )
-    except (EvaluationError, CohortError, FileNotFoundError, KeyError, ValueError) as exc:
+    except (EvaluationError, CohortError, RunError, FileNotFoundError, KeyError,
+            ValueError) as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from None
     console.print(_metrics_table(result))

@@ -44,6 +44,9 @@ class TrainConfig(BaseModel):
     objective: Literal["auto", "reports", "classes"] = "auto"
 
     epochs: int = Field(30, ge=1, le=100_000)
+    min_steps: int = Field(
+        200, ge=0, description="optimizer steps at least: small (few-shot) sets get more epochs"
+    )
     batch_size: int = Field(8, ge=1)
     accumulate: int = Field(1, ge=1, description="batches per optimizer step")
     lr: float = Field(3e-4, gt=0, le=1.0)

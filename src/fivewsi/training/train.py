@@ -439,25 +439,6 @@ def _train(
     if config.init is not None and not resume:
         load_weights(model, config.init / WEIGHTS_FILE)
         log.info("starting from the weights of %s", config.init)
-    module = TrainingModule(
-        model,
-        kind=plan.kind,
-        stage=plan.stage,
-        hparams=config.stored(),
-        lr=config.lr,
-        text_lr_ratio=config.text_lr_ratio,
-        weight_decay=config.weight_decay,
-        warmup_epochs=config.warmup_epochs,
-        epochs=config.epochs,
-        seed=config.seed,
-        negatives=config.negatives,
-        max_drop_fraction=config.max_drop_fraction,
-        labels=plan.labels,
-        train_report_index=[i.report_index for i in plan.train if i.report_index is not None],
-        val_report_index=[i.report_index for i in plan.val if i.report_index is not None],
-        class_texts=[c.description for c in plan.classes],
-        question_keys=list(plan.questions.keys),
-    )
     cache = BagCache(int(config.cache_gb * (1 << 30)))
     train_ds = BagDataset(
         plan.train, train=True, sample_ratio=config.sample_ratio,
@@ -467,6 +448,26 @@ def _train(
     if plan.val:
         val_ds = BagDataset(plan.val, train=False, cache=cache)
         loaders["val_dataloaders"] = _loader(val_ds, config, rank, shuffle=False)
+    epochs = _epochs(config, len(loaders["train_dataloaders"]))
+    module = TrainingModule(
+        model,
+        kind=plan.kind,
+        stage=plan.stage,
+        hparams=config.stored(),
+        lr=config.lr,
+        text_lr_ratio=config.text_lr_ratio,
+        weight_decay=config.weight_decay,
+        warmup_epochs=config.warmup_epochs,
+        epochs=epochs,
+        seed=config.seed,
+        negatives=config.negatives,
+        max_drop_fraction=config.max_drop_fraction,
+        labels=plan.labels,
+        train_report_index=[i.report_index for i in plan.train if i.report_index is not None],
+        val_report_index=[i.report_index for i in plan.val if i.report_index is not None],
+        class_texts=[c.description for c in plan.classes],
+        question_keys=list(plan.questions.keys),
+    )
     monitor = "val/loss" if plan.val else None
     checkpoint = RunCheckpoint(out / CHECKPOINTS, monitor)
     all_callbacks: list[Any] = [checkpoint]
@@ -479,7 +480,7 @@ def _train(
     with _quiet_lightning():
         trainer = L.Trainer(
             **_hardware(config, rank),
-            max_epochs=config.epochs,
+            max_epochs=epochs,
             accumulate_grad_batches=config.accumulate,
             callbacks=all_callbacks,
             logger=_loggers(out),
@@ -739,6 +740,22 @@ def _prompt_names(model_info: dict[str, Any]) -> list[str]:
         return []
     n = int(model_info["options"].get("n_learnable_prompts", 16))
     return list(model_info["questions"]) + [f"learnable-{i + 1}" for i in range(n)]
+
+
+def _epochs(config: TrainConfig, batches_per_epoch: int) -> int:
+    """``config.epochs``, raised so that training makes at least ``config.min_steps`` steps.
+
+    A few-shot set of 2 × 4 slides is one batch: 30 epochs would be 30 optimizer steps, too few
+    for any model (FiVE or baseline) to fit, and too few to compare models fairly.
+    """
+    steps_per_epoch = max(1, batches_per_epoch // config.accumulate)
+    needed = -(-config.min_steps // steps_per_epoch)
+    if needed > config.epochs:
+        log.info(
+            "%d step(s) per epoch: training %d epochs instead of %d to make %d steps",
+            steps_per_epoch, needed, config.epochs, config.min_steps,
+        )
+    return max(config.epochs, needed)
 
 
 def _plain(value: Any) -> Any:
