@@ -269,10 +269,6 @@ class TFSAggregator(nn.Module):
         )
         self.self_drop = nn.Dropout(dropout)
         self.cross_norm = nn.LayerNorm(dim)
-        # Prompts arrive L2-normalised (norm 1, as in FiVE) while patch tokens are layer-normed
-        # (norm ≈ √dim): without this norm the initial attention is flat and the prompts barely
-        # learn where to look (few-shot FiVE then matched mean pooling, at chance).
-        self.query_norm = nn.LayerNorm(dim)
         self.cross_q = nn.Linear(dim, dim)
         self.cross_k = nn.Linear(dim, dim)
         self.cross_v = nn.Linear(dim, dim)
@@ -304,8 +300,7 @@ class TFSAggregator(nn.Module):
         queries = prompts.unsqueeze(0).expand(b, -1, -1) if prompts.dim() == 2 else prompts
         n_prompts = queries.shape[1]
         head_dim = self.dim // self.heads
-        q = self.cross_q(self.query_norm(queries))
-        q = q.view(b, n_prompts, self.heads, head_dim).transpose(1, 2)
+        q = self.cross_q(queries).view(b, n_prompts, self.heads, head_dim).transpose(1, 2)
         origin = bag_origin(coords, mask)
         counts = mask.sum(1)
 
