@@ -66,6 +66,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="comma-separated (default: five and every label baseline)")
     parser.add_argument("--no-pretrain", action="store_true",
                         help="skip pretraining (no five+reports row)")
+    parser.add_argument("--pretrain-only", action="store_true",
+                        help="stop after pretraining (and its zero-shot evaluation)")
     parser.add_argument("--shots", default="1,2,4,8,16")
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--pretrain-epochs", type=int, default=30)
@@ -74,6 +76,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--attention", default="local", choices=["local", "full"])
     parser.add_argument("--train-option", "-t", action="append", default=[],
                         help="KEY=VALUE (JSON value) for every training run, repeatable")
+    parser.add_argument("--model-option", "-m", action="append", default=[],
+                        help="ROW:KEY=VALUE for one row only, e.g. five+reports:lr=1e-4")
+    parser.add_argument("--pretrained", type=Path, default=None,
+                        help="use this finished reports run instead of pretraining")
+    parser.add_argument("--grid", default="grid", help="grid folder name under --out")
+    parser.add_argument("--n-bootstrap", type=int, default=1000)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all)")
     parser.add_argument("--no-progress", action="store_true")
     parser.add_argument("--verbose", "-v", action="count", default=0)
@@ -89,6 +97,14 @@ def _options(items: list[str]) -> dict[str, Any]:
         except json.JSONDecodeError:
             options[key.replace("-", "_")] = value
     return options
+
+
+def _row_options(items: list[str]) -> dict[str, dict[str, Any]]:
+    rows: dict[str, dict[str, Any]] = {}
+    for item in items:
+        row, _, option = item.partition(":")
+        rows.setdefault(row, {}).update(_options([option]))
+    return rows
 
 
 def _epochs(text: str | None) -> int | dict[str, int] | None:
@@ -301,18 +317,38 @@ def main(argv: list[str] | None = None) -> int:
         "cohort": {"n_train": args.n_train, "n_test": args.n_test, "dim": args.dim},
     }
     pretrained = None
-    if not args.no_pretrain:
+    if args.pretrained is not None:
+        info = json.loads((args.pretrained / "run.json").read_text())
+        result = info.get("result", {})
+        summary["pretrain"] = {"run": str(args.pretrained.resolve()), "reused": True,
+                               "n_train": info["split"]["n_train"],
+                               "epochs": result.get("epochs"), "seconds": result.get("seconds"),
+                               "loss": loss_curve(args.pretrained)}
+        pretrained = args.pretrained.resolve()
+    elif not args.no_pretrain:
         summary["pretrain"] = pretrain(args, cohort, options)
         pretrained = Path(summary["pretrain"]["run"])
         print(f"pretraining: {summary['pretrain']['n_train']} slides, "
               f"{summary['pretrain']['epochs']} epochs, {summary['pretrain']['seconds']:.0f} s"
               + (" (reused)" if summary["pretrain"]["reused"] else ""))
 
+    if args.pretrain_only:
+        if pretrained is None:
+            raise SystemExit("--pretrain-only and --no-pretrain exclude each other")
+        from fivewsi.evaluation.evaluate import evaluate_run
+
+        zero = evaluate_run(pretrained, cohort / "features", cohort / "cohort.csv",
+                            classes=cohort / "classes.csv", out=pretrained / "zero-shot")
+        summary["zero_shot"] = {m: zero.metrics[m]["value"] for m in ("balanced_accuracy", "auc")}
+        write_json_atomic(args.out / "summary-pretrain.json", summary)
+        print(json.dumps(summary, indent=2, default=str))
+        return 0
+
     config = FewshotConfig(
         features=cohort / "features",
         cohort=cohort / "cohort.csv",
         classes=cohort / "classes.csv",
-        out=args.out / "grid",
+        out=args.out / args.grid,
         models=[m.strip() for m in args.models.split(",")] if args.models else None,
         pretrained=pretrained,
         shots=[int(k) for k in args.shots.split(",")],
@@ -320,6 +356,8 @@ def main(argv: list[str] | None = None) -> int:
         epochs=_epochs(args.epochs),
         attention=args.attention,
         train_options=options,
+        model_options=_row_options(args.model_option),
+        n_bootstrap=args.n_bootstrap,
         progress=not args.no_progress,
     )
     result = run_fewshot(config)

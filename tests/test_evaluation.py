@@ -232,12 +232,12 @@ def test_evaluate_command_refuses_a_folder_that_is_not_a_run(
     args = ["evaluate", str(tmp_path), "--features", str(cohort.features_dir),
             "--cohort", str(cohort.cohort_csv)]
     result = CliRunner().invoke(_cli(), args)
-    assert result.exit_code == 2 and "not a fivewsi run folder" in result.output
+    assert result.exit_code == 2 and "no run.json" in result.output
 
 
 # --- with real training (fivewsi.training) ---------------------------------------------------
 
-TINY = {"dim": 16, "heads": 2, "batch_size": 4, "n_learnable_prompts": 1}
+TINY = {"dim": 16, "heads": 2, "batch_size": 4, "n_learnable_prompts": 1, "min_steps": 0}
 
 
 @pytest.fixture(scope="module")
@@ -288,6 +288,19 @@ def test_fewshot_grid_trains_evaluates_and_resumes(
     assert {c.status for c in second.cells} == {"reused"}
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
     assert second.table == first.table
+
+
+def test_fewshot_tables_cover_models_run_by_another_process(grid: FewshotConfig) -> None:
+    if not (grid.out / "runs").exists():
+        run_fewshot(grid)
+    # A second process fills the same grid with another model, for part of the shots.
+    other = grid.model_copy(update={"models": ["mean"], "shots": [1]})
+    result = run_fewshot(other)
+    assert [c.model for c in result.cells] == ["mean", "mean"]
+    assert result.models == ["mean", "abmil"]
+    rows = {(r.model, r.k) for r in result.table if r.metric == "balanced_accuracy"}
+    assert rows == {("mean", 1), ("abmil", 1)}  # abmil k=2 is not a shot of this call
+    assert "| abmil |" in result.markdown.read_text()
 
 
 def test_fewshot_refuses_a_finished_cell_with_other_settings(grid: FewshotConfig) -> None:

@@ -52,7 +52,7 @@ def cohort(tmp_path_factory: pytest.TempPathFactory) -> SyntheticCohort:
 
 def _train(cohort: SyntheticCohort, out: Path, **options: object) -> Path:
     settings: dict[str, object] = {
-        "epochs": 1, "batch_size": 4, "progress": False, "dim": 32, "heads": 4,
+        "epochs": 1, "min_steps": 0, "batch_size": 4, "progress": False, "dim": 32, "heads": 4,
         "n_learnable_prompts": 3, "negatives": "batch",
         "text_encoder": str(cohort.root / "tiny-bert"),
     }

@@ -68,7 +68,9 @@ def cohort(tmp_path_factory: pytest.TempPathFactory) -> SyntheticCohort:
 
 
 def _config(cohort: SyntheticCohort, out: Path, **options: object) -> TrainConfig:
-    settings: dict[str, object] = {"epochs": 2, "batch_size": 4, "progress": False}
+    settings: dict[str, object] = {
+        "epochs": 2, "min_steps": 0, "batch_size": 4, "progress": False
+    }
     if options.get("model", "five") == "five":
         settings.update(TINY_FIVE, text_encoder=str(cohort.root / "tiny-bert"))
     settings.update(options)
@@ -235,7 +237,7 @@ def test_missing_feature_files_are_skipped_and_reported(
     write_cohort(extra, table)
     out = tmp_path / "run"
     result = train(TrainConfig(features=cohort.features_dir, cohort=table, out=out,
-                               model="mean", dim=16, epochs=1, progress=False))
+                               model="mean", dim=16, epochs=1, min_steps=0, progress=False))
     assert result.n_skipped_slides == 1
     assert json.loads((out / "run.json").read_text())["skipped_slides"]["missing"] == ["ghost-1"]
     with pytest.raises(TrainError, match="no training slides"):
@@ -252,7 +254,7 @@ def test_val_fraction_is_stratified_and_few_shot_uses_no_fraction(
     table = tmp_path / "cohort.csv"
     write_cohort(rows, table)
     base = {"features": cohort.features_dir, "cohort": table, "model": "mean", "dim": 16,
-            "epochs": 1, "progress": False}
+            "epochs": 1, "min_steps": 0, "progress": False}
     train(TrainConfig(out=tmp_path / "frac", val_fraction=0.25, **base))
     val = [r for r in _split(tmp_path / "frac") if r["role"] == "val"]
     assert sorted(r["label"] for r in val) == ["LUAD", "LUAD", "LUSC", "LUSC"]
@@ -287,7 +289,7 @@ def test_torchrun_two_cpu_processes_write_one_run(
         "from fivewsi.training import TrainConfig, train\n"
         f"train(TrainConfig(features={str(cohort.features_dir)!r}, "
         f"cohort={str(cohort.cohort_csv)!r}, out={str(out)!r}, model='abmil', dim=16, "
-        "epochs=2, batch_size=2, progress=False, device='cpu'))\n"
+        "epochs=2, min_steps=0, batch_size=2, progress=False, device='cpu'))\n"
     )
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(

@@ -16,9 +16,9 @@ from inside the demo folder::
     fivewsi evaluate runs/pretrain --classes data/classes.csv ... (zero-shot, same test slides)
     fivewsi predict runs/fewshot data/slides/<test slides> --out predictions
 
-(the train commands also pass the demo's ``--epochs`` and ``--sample-ratio 1``: its slides
-are small). Through the same Python functions those
-commands call, with the same outputs. A rerun reuses finished work (slides, features, trained
+(the train commands also pass the demo's ``--epochs``, ``--min-steps 0`` and
+``--sample-ratio 1``: its slides are small). Through the same Python functions those commands
+call, with the same outputs. A rerun reuses finished work (slides, features, trained
 runs); the settings are kept in ``OUT/demo.json`` and a rerun with other settings is refused.
 
 What the synthetic slides carry (so that the default ``he-handcrafted`` encoder can tell the
@@ -461,16 +461,16 @@ def _run_pipeline(
 
     def pretrain() -> str:
         config = TrainConfig(features=features, cohort=cohort_csv, out=pretrain_run,
-                             epochs=spec.pretrain_epochs, sample_ratio=spec.sample_ratio,
-                             progress=progress)
+                             epochs=spec.pretrain_epochs, min_steps=0,
+                             sample_ratio=spec.sample_ratio, progress=progress)
         result.pretrain = train(config)
         return _train_outcome(result.pretrain)
 
     def fewshot() -> str:
         config = TrainConfig(features=features, cohort=cohort_csv, out=fewshot_run,
                              classes=data.classes_csv, init=pretrain_run, shots=spec.shots,
-                             epochs=spec.fewshot_epochs, sample_ratio=spec.sample_ratio,
-                             progress=progress)
+                             epochs=spec.fewshot_epochs, min_steps=0,
+                             sample_ratio=spec.sample_ratio, progress=progress)
         result.fewshot = train(config)
         return _train_outcome(result.fewshot)
 
@@ -496,7 +496,7 @@ def _run_pipeline(
                 f"{Path('predictions') / 'report.html'}")
 
     common = "--features preprocessed/features --cohort cohort.csv"
-    sampling = f"--sample-ratio {spec.sample_ratio:g}"
+    sampling = f"--sample-ratio {spec.sample_ratio:g} --min-steps 0"
     step("reports", "reports extract data/reports.csv --id-column slide_id "
          "--out reports/LABELS.csv", extract)
     step("cohort", "cohort merge data/slides.csv --labels reports/LABELS.csv --out cohort.csv",

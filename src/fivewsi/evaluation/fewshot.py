@@ -81,10 +81,13 @@ class FewshotConfig(BaseModel):
         seeds: one run per seed and k; at least 5 for a usable sd (fewer are allowed, with a
             warning, for quick checks).
         epochs: epochs for every model (an int) or per model name ({"abmil": 60}); models
-            not named use :data:`DEFAULT_EPOCHS`.
+            not named use :data:`DEFAULT_EPOCHS`. Training raises them to make at least
+            ``TrainConfig.min_steps`` optimizer steps (set it in ``train_options``).
         attention: FiVE's TFS attention ("local" or the paper's "full").
         train_options: other ``TrainConfig`` settings for every run (lr, batch_size,
-            device, ...); few-shot runs default to no validation split and no early stopping.
+            device, min_steps, ...); few-shot runs hold out no validation slides from the k
+            shots and stop at a fixed budget. A cohort's ``val`` rows, when present, are still
+            used by training to pick the best epoch (labels beyond the k shots).
         model_options: ``TrainConfig`` settings per model, over ``train_options``.
         n_bootstrap: bootstrap resamples of each cell's confidence intervals.
         progress: show a progress bar over the cells.
@@ -274,13 +277,19 @@ def run_fewshot(config: FewshotConfig) -> FewshotResult:
             _write_cells(config.out / "cells.csv", cells)
             bars.advance(bar)
 
-    table = summarize(cells)
+    # Other processes may fill the same grid with other models (one process per model
+    # subset): the tables cover every finished cell of this grid's shots and seeds.
+    others = _finished_elsewhere(config, cells)
+    if others:
+        log.info("tables include %d finished cells of other models found in %s",
+                 len(others), runs)
+    table = summarize([*cells, *others])
     csv_path, md_path = config.out / "fewshot.csv", config.out / "fewshot.md"
     write_text_atomic(csv_path, table_csv(table))
     write_text_atomic(md_path, table_markdown(table, n_seeds=len(config.seeds)))
     result = FewshotResult(
         out=config.out,
-        models=models,
+        models=[*models, *dict.fromkeys(c.model for c in others)],
         shots=([0] if config.pretrained is not None else []) + list(config.shots),
         cells=cells,
         table=table,
@@ -290,6 +299,33 @@ def run_fewshot(config: FewshotConfig) -> FewshotResult:
     )
     _log_summary(result)
     return result
+
+
+def _finished_elsewhere(config: FewshotConfig, cells: Sequence[FewshotCell]) -> list[FewshotCell]:
+    """Finished cells under ``OUT/runs`` of models this call did not run, for this grid's
+    shots and seeds (and the zero-shot cell)."""
+    runs = config.out / "runs"
+    mine = {c.model for c in cells}
+    found = []
+    paths = [*sorted(runs.glob("*/k*/metrics.json")), *sorted(runs.glob("*/k*/seed*/metrics.json"))]
+    for path in paths:
+        seeded = path.parent.name.startswith("seed")
+        model_dir = path.parents[2] if seeded else path.parents[1]
+        k_text = (path.parents[1] if seeded else path.parent).name[1:]
+        seed_text = path.parent.name[4:] if seeded else None
+        if model_dir.name in mine or not k_text.isdigit():
+            continue
+        k, seed = int(k_text), int(seed_text) if seed_text and seed_text.isdigit() else None
+        if (k == 0 and seed is not None) or (k > 0 and (k not in config.shots
+                                                        or seed not in config.seeds)):
+            continue
+        cell = FewshotCell(model_dir.name, k, seed, path.parent, "reused")
+        try:
+            _read_metrics(cell, path)
+        except (OSError, ValueError, KeyError):
+            continue
+        found.append(cell)
+    return found
 
 
 def _run_cell(cell: FewshotCell, config: FewshotConfig, kind: str) -> None:

@@ -329,11 +329,7 @@ def _write_page(
     from fivewsi.predict.html import write_report_html
 
     reports = [_slide_report(o, classifier, out) for o in outcomes]
-    summary = {
-        "slides": len(outcomes),
-        "failed": sum(o.status != "ok" for o in outcomes),
-        "classes": ", ".join(classifier.classes),
-    }
+    summary = {"classes": ", ".join(classifier.classes)}  # the page counts slides itself
     run_info = {
         "run": str(config.run),
         "model": classifier.model_name,

@@ -27,6 +27,9 @@ def train_command(
         str, typer.Option(help="auto (classes with --classes, else reports), reports, classes.")
     ] = "auto",
     epochs: Annotated[int, typer.Option(help="Training epochs.")] = 30,
+    min_steps: Annotated[
+        int, typer.Option(help="Optimizer steps at least (small few-shot sets get more epochs).")
+    ] = 200,
     seed: Annotated[int, typer.Option(help="Seed of everything random.")] = 1024,
     shots: Annotated[
         int | None, typer.Option(help="Labelled slides per class (few-shot); default all.")
@@ -81,7 +84,8 @@ def train_command(
     try:
         config = TrainConfig(
             features=features, cohort=cohort, out=out, classes=classes, questions=questions,
-            init=init, model=model, objective=objective, epochs=epochs, seed=seed, shots=shots,
+            init=init, model=model, objective=objective, epochs=epochs, min_steps=min_steps,
+            seed=seed, shots=shots,
             sample_ratio=sample_ratio, max_patches=max_patches, batch_size=batch_size,
             accumulate=accumulate, lr=lr, negatives=negatives, text_encoder=text_encoder,
             lora=lora, attention=attention, device=device, val_fraction=val_fraction,
