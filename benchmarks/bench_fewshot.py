@@ -82,6 +82,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="use this finished reports run instead of pretraining")
     parser.add_argument("--grid", default="grid", help="grid folder name under --out")
     parser.add_argument("--n-bootstrap", type=int, default=1000)
+    parser.add_argument("--table-only", action="store_true",
+                        help="only tabulate the finished cells under --out/--grid (no training)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all)")
     parser.add_argument("--no-progress", action="store_true")
     parser.add_argument("--verbose", "-v", action="count", default=0)
@@ -299,9 +301,42 @@ def timings(result: FewshotResult) -> dict[str, Any]:
     }
 
 
+def table_only(args: argparse.Namespace) -> int:
+    """Tabulate every finished cell of the grid folder: several processes may have filled it."""
+    from fivewsi.evaluation.fewshot import (
+        FewshotCell,
+        _read_metrics,
+        summarize,
+        table_csv,
+        table_markdown,
+    )
+
+    grid = args.out / args.grid
+    cells = []
+    for path in sorted((grid / "runs").glob("*/k*/**/metrics.json")):
+        seeded = path.parent.name.startswith("seed")
+        model = (path.parents[2] if seeded else path.parents[1]).name
+        k = int((path.parents[1] if seeded else path.parent).name[1:])
+        seed = int(path.parent.name[4:]) if seeded else None
+        cell = FewshotCell(model, k, seed, path.parent, "reused")
+        _read_metrics(cell, path)
+        cells.append(cell)
+    table = summarize(cells)
+    write_json_atomic(grid / "cells.json", [
+        {"model": c.model, "k": c.k, "seed": c.seed, **c.metrics} for c in cells
+    ])
+    (grid / "fewshot.csv").write_text(table_csv(table))
+    (grid / "fewshot.md").write_text(table_markdown(table))
+    print(table_markdown(table))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     configure_logging(args.verbose)
+    if args.table_only:
+        args.out = args.out.resolve()
+        return table_only(args)
     if args.threads:
         import torch
 
