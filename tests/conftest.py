@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -34,3 +35,32 @@ def offline(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
     cache.mkdir()
     monkeypatch.setenv("HF_HUB_CACHE", str(cache))
     return cache
+
+
+def write_tiny_text_model(folder: Path) -> Path:
+    """A 2-layer, 32-wide BERT with MiniLM's tokenizer: a fast local text encoder for tests."""
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    from fivewsi.model.text import resolve_text_model
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_text_model("all-minilm-l6-v2"))
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2,
+        num_attention_heads=2, intermediate_size=64, max_position_embeddings=128,
+    )
+    BertModel(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def one_thread() -> Iterator[None]:
+    """Tiny models on a shared 2-core machine: extra intra-op threads only wait on each other."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

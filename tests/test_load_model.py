@@ -3,50 +3,26 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from conftest import write_tiny_text_model
 from fivewsi.cohort import ClassDescription, make_synthetic_cohort
 from fivewsi.cohort.synthetic import SyntheticCohort
 from fivewsi.features.bags import Bag, load_bag
 from fivewsi.training import RunError, TrainConfig, load_model, train
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    # Tiny models on a shared 2-core machine: extra intra-op threads only wait on each other.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def _tiny_text_model(folder: Path) -> Path:
-    """A 2-layer, 32-wide BERT with MiniLM's tokenizer: a fast local text encoder for tests."""
-    from transformers import AutoTokenizer, BertConfig, BertModel
-
-    from fivewsi.model.text import resolve_text_model
-
-    tokenizer = AutoTokenizer.from_pretrained(resolve_text_model("all-minilm-l6-v2"))
-    torch.manual_seed(0)
-    config = BertConfig(
-        vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2,
-        num_attention_heads=2, intermediate_size=64, max_position_embeddings=128,
-    )
-    BertModel(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
 def cohort(tmp_path_factory: pytest.TempPathFactory) -> SyntheticCohort:
     root = tmp_path_factory.mktemp("cohort")
     made = make_synthetic_cohort(root, n_train=12, n_test=4, dim=16, n_patches=(30, 45), seed=1)
-    _tiny_text_model(root / "tiny-bert")
+    write_tiny_text_model(root / "tiny-bert")
     return made
 
 

@@ -10,6 +10,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from conftest import write_tiny_text_model
 from fivewsi.cli import app
 from fivewsi.cohort.table import ClassDescription, CohortRow, write_classes, write_cohort
 from fivewsi.features.preprocess import PreprocessConfig, preprocess
@@ -21,8 +22,6 @@ PATCH = 256
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    from test_training import write_tiny_text_model
-
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("predict")
     slides = root / "slides"

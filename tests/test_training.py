@@ -7,7 +7,6 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import lightning as L
@@ -17,6 +16,7 @@ import typer
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
+from conftest import write_tiny_text_model
 from fivewsi.cohort import make_synthetic_cohort, read_cohort, write_cohort
 from fivewsi.cohort.synthetic import SyntheticCohort
 from fivewsi.training import TrainConfig, TrainError, load_model, train
@@ -25,30 +25,7 @@ from fivewsi.training.cli import train_command
 TINY_FIVE = {"dim": 32, "heads": 4, "n_learnable_prompts": 2, "negatives": "batch"}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    # Tiny models on a shared 2-core machine: extra intra-op threads only wait on each other.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def write_tiny_text_model(folder: Path) -> Path:
-    """A 2-layer, 32-wide BERT with MiniLM's tokenizer: a fast local text encoder for tests."""
-    from transformers import AutoTokenizer, BertConfig, BertModel
-
-    from fivewsi.model.text import resolve_text_model
-
-    tokenizer = AutoTokenizer.from_pretrained(resolve_text_model("all-minilm-l6-v2"))
-    torch.manual_seed(0)
-    config = BertConfig(
-        vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2,
-        num_attention_heads=2, intermediate_size=64, max_position_embeddings=128,
-    )
-    BertModel(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
