@@ -184,31 +184,40 @@ class GatedAttention(nn.Module):
         return self.attention_c(self.attention_a(h) * self.attention_b(h)).squeeze(-1)
 
 
-@register_model(
-    "mean",
-    kind="label",
-    description="Mean pooling of per-patch MLP features, linear classifier.",
-)
-class MeanMIL(MILClassifier):
-    """Linear + ReLU + dropout per patch, masked mean over patches, linear classifier.
-
-    ``patch_attention`` is uniform over a bag's real patches.
-    """
+class _PooledMIL(MILClassifier):
+    """Per-patch MLP, a fixed pooling over patches (:meth:`pool`), linear classifier."""
 
     def __init__(self, in_dim: int, n_classes: int, *, dim: int = 512, dropout: float = 0.25):
         super().__init__(in_dim, n_classes, dim=dim, dropout=dropout)
         self.fc = _patch_mlp(in_dim, dim, dropout)
         self.classifier = nn.Linear(dim, n_classes)
 
+    def pool(self, h: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+        """``[B, dim]`` slide embedding and ``[B, N]`` patch attention of patch features ``h``."""
+        raise NotImplementedError
+
     def forward(self, batch: BagBatch, labels: Tensor | None = None) -> AggregatorOutput:
         _check_batch(batch, self.in_dim)
-        mask = batch.mask
-        h = self.fc(batch.features)
-        weights = mask.float() / mask.sum(dim=1, keepdim=True).float()
-        pooled = torch.einsum("bn,bnd->bd", weights, h)
+        pooled, attention = self.pool(self.fc(batch.features), batch.mask)
         return AggregatorOutput(
-            embedding=pooled, logits=self.classifier(pooled), patch_attention=weights
+            embedding=pooled, logits=self.classifier(pooled), patch_attention=attention
         )
+
+
+@register_model(
+    "mean",
+    kind="label",
+    description="Mean pooling of per-patch MLP features, linear classifier.",
+)
+class MeanMIL(_PooledMIL):
+    """Linear + ReLU + dropout per patch, masked mean over patches, linear classifier.
+
+    ``patch_attention`` is uniform over a bag's real patches.
+    """
+
+    def pool(self, h: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+        weights = mask.float() / mask.sum(dim=1, keepdim=True).float()
+        return torch.einsum("bn,bnd->bd", weights, h), weights
 
 
 @register_model(
@@ -216,30 +225,20 @@ class MeanMIL(MILClassifier):
     kind="label",
     description="Max pooling of per-patch MLP features, linear classifier.",
 )
-class MaxMIL(MILClassifier):
+class MaxMIL(_PooledMIL):
     """Linear + ReLU + dropout per patch, masked max over patches, linear classifier.
 
     ``patch_attention`` of a patch is its share of the argmax positions over the ``dim`` feature
     dims (a dim whose maximum is tied between patches is split evenly between them).
     """
 
-    def __init__(self, in_dim: int, n_classes: int, *, dim: int = 512, dropout: float = 0.25):
-        super().__init__(in_dim, n_classes, dim=dim, dropout=dropout)
-        self.fc = _patch_mlp(in_dim, dim, dropout)
-        self.classifier = nn.Linear(dim, n_classes)
-
-    def forward(self, batch: BagBatch, labels: Tensor | None = None) -> AggregatorOutput:
-        _check_batch(batch, self.in_dim)
-        mask = batch.mask
-        h = self.fc(batch.features).masked_fill(~mask.unsqueeze(-1), float("-inf"))
+    def pool(self, h: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+        h = h.masked_fill(~mask.unsqueeze(-1), float("-inf"))
         pooled = h.max(dim=1).values
         with torch.no_grad():
             is_max = (h == pooled.unsqueeze(1)) & mask.unsqueeze(-1)  # [B, N, dim]
             share = is_max.float() / is_max.sum(dim=1, keepdim=True).float()
-            attention = share.mean(dim=-1)
-        return AggregatorOutput(
-            embedding=pooled, logits=self.classifier(pooled), patch_attention=attention
-        )
+        return pooled, share.mean(dim=-1)
 
 
 @register_model(
