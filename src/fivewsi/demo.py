@@ -54,6 +54,8 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from fivewsi.errors import DemoStageError
+
 if TYPE_CHECKING:  # heavy modules load only when the demo runs
     from collections.abc import Callable
 
@@ -194,7 +196,7 @@ class DemoResult:
         return pre_ok and pred_ok
 
 
-class DemoError(RuntimeError):
+class DemoError(DemoStageError, RuntimeError):
     """The demo folder holds a demo made with other settings."""
 
 

@@ -31,6 +31,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from fivewsi.errors import CohortStageError
 from fivewsi.utils.atomic import write_text_atomic
 
 log = logging.getLogger(__name__)
@@ -47,7 +48,7 @@ SPLITS = ("train", "val", "test")
 _SPLIT_ALIASES = {"validation": "val", "valid": "val", "dev": "val"}
 
 
-class CohortError(ValueError):
+class CohortError(CohortStageError, ValueError):
     """A cohort or classes table that cannot be read, or that breaks its rules."""
 
 

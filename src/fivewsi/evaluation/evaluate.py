@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from fivewsi.errors import EvaluationStageError
 from fivewsi.evaluation.metrics import METRICS, classification_metrics
 from fivewsi.utils.atomic import write_json_atomic, write_text_atomic
 
@@ -43,7 +44,7 @@ log = logging.getLogger(__name__)
 MAX_BATCH_PATCHES = 1 << 16
 
 
-class EvaluationError(ValueError):
+class EvaluationError(EvaluationStageError, ValueError):
     """The evaluation cannot be done as asked (no slides, unknown labels, no split)."""
 
 

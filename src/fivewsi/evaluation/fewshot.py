@@ -39,6 +39,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from fivewsi.errors import EvaluationStageError
 from fivewsi.evaluation.metrics import METRICS
 from fivewsi.utils.atomic import write_text_atomic
 
@@ -61,7 +62,7 @@ _CELL_COLUMNS = ("model", "k", "seed", "status", *METRICS, "n_test", "train_seco
                  "eval_seconds", "run", "error")
 
 
-class FewshotError(ValueError):
+class FewshotError(EvaluationStageError, ValueError):
     """The grid cannot run as configured, or its folder holds results of other settings."""
 
 

@@ -18,6 +18,7 @@ from typing import Any
 import h5py
 import numpy as np
 
+from fivewsi.errors import FeatureStageError
 from fivewsi.slides.readers import slide_id_from_path
 from fivewsi.utils.atomic import atomic_path
 
@@ -33,7 +34,7 @@ TRIDENT_COORDS_ATTRS = (
 )
 
 
-class BagError(Exception):
+class BagError(FeatureStageError):
     """A feature file is missing, unreadable or not a bag of patch features."""
 
 

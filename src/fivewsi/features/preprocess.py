@@ -34,6 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from rich.progress import Progress
 
 from fivewsi import __version__
+from fivewsi.errors import FeatureStageError
 from fivewsi.features.bags import read_bag_attrs, save_bag
 from fivewsi.features.extract import embed_patches
 from fivewsi.features.registry import PatchEncoder, create_encoder, get_spec
@@ -112,7 +113,7 @@ class PreprocessResult:
         return not (self.failed and self.reports_failures)
 
 
-class SettingsMismatchError(Exception):
+class SettingsMismatchError(FeatureStageError):
     """The output folder holds features made with other settings."""
 
 

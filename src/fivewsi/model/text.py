@@ -28,6 +28,8 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from fivewsi.errors import ModelStageError
+
 logger = logging.getLogger(__name__)
 
 DEFAULT_TEXT_ENCODER = "all-minilm-l6-v2"
@@ -42,7 +44,7 @@ PACKAGED_TEXT_MODELS: dict[str, tuple[str, str, str]] = {
 LORA_TARGETS = ("query", "key", "value", "dense")
 
 
-class MissingTextModelError(FileNotFoundError):
+class MissingTextModelError(ModelStageError, FileNotFoundError):
     """The text model is neither installed, a local folder, nor in the Hugging Face cache."""
 
 

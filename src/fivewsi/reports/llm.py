@@ -46,6 +46,7 @@ from typing import TYPE_CHECKING
 import openai
 from pydantic import BaseModel, ConfigDict, Field
 
+from fivewsi.errors import ReportStageError
 from fivewsi.reports.cache import AnswerCache, CachedAnswer, cache_key, text_hash
 from fivewsi.reports.normalize import normalize_answer, split_answer
 from fivewsi.reports.schema import (
@@ -89,7 +90,7 @@ FATAL_STATUSES = frozenset({401, 403, 404})
 _LOGGED_FAILURES = 5
 
 
-class LLMConfigError(ValueError):
+class LLMConfigError(ReportStageError, ValueError):
     """A configuration the backend cannot run with (no API key for a remote server, ...)."""
 
 
@@ -177,7 +178,7 @@ class LLMStats:
         )
 
 
-class LLMRequestError(RuntimeError):
+class LLMRequestError(ReportStageError, RuntimeError):
     """A request that failed for good (non-retryable, or out of retries); message is key-free."""
 
     def __init__(self, message: str, fatal: bool = False) -> None:

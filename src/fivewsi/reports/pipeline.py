@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from fivewsi.errors import ReportStageError
 from fivewsi.reports.evaluate import evaluate_labels
 from fivewsi.reports.normalize import normalize_answer
 from fivewsi.reports.questions import QuestionSet, load_question_set
@@ -57,7 +58,7 @@ log = logging.getLogger(__name__)
 BACKENDS = ("rules", "llm")
 
 
-class ReportsInputError(ValueError):
+class ReportsInputError(ReportStageError, ValueError):
     """An input CSV the pipeline cannot use: missing columns, blank or duplicate ids."""
 
 

@@ -25,6 +25,7 @@ from pathlib import Path
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from fivewsi.errors import ReportStageError
 from fivewsi.reports.schema import UNKNOWN
 
 log = logging.getLogger(__name__)
@@ -32,7 +33,7 @@ log = logging.getLogger(__name__)
 _BUNDLE = "question_sets"
 
 
-class QuestionSetError(ValueError):
+class QuestionSetError(ReportStageError, ValueError):
     """A question set that cannot be found, read or validated."""
 
 

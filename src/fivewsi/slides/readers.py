@@ -22,6 +22,8 @@ from typing import Any
 import cv2
 import numpy as np
 
+from fivewsi.errors import SlideStageError
+
 log = logging.getLogger(__name__)
 
 #: File suffixes collected when a folder is given as input.
@@ -35,7 +37,7 @@ _DOUBLE_SUFFIXES = (".ome.tif", ".ome.tiff")
 _MPP_RANGE = (0.05, 20.0)
 
 
-class SlideError(Exception):
+class SlideError(SlideStageError):
     """A slide cannot be used; the message says why and what to do about it."""
 
 

@@ -33,6 +33,7 @@ import torch
 from torch import Tensor, nn
 
 from fivewsi.cohort.table import ClassDescription, read_classes
+from fivewsi.errors import RunError
 from fivewsi.features.bags import Bag
 from fivewsi.model.outputs import BagBatch
 from fivewsi.reports.questions import QuestionSet, load_question_set
@@ -45,10 +46,6 @@ log = logging.getLogger(__name__)
 RUN_FILE = "run.json"
 WEIGHTS_FILE = "model.safetensors"
 SPLIT_FILE = "split.csv"
-
-
-class RunError(Exception):
-    """A run folder that cannot be used as asked (missing files, mismatched settings)."""
 
 
 def read_run_info(run: str | os.PathLike[str]) -> dict[str, Any]:

@@ -55,6 +55,7 @@ from fivewsi.cohort.table import (
     read_classes,
     read_cohort,
 )
+from fivewsi.errors import TrainStageError
 from fivewsi.reports.questions import QuestionSet, load_question_set
 from fivewsi.training.config import TrainConfig
 from fivewsi.training.data import (
@@ -89,7 +90,7 @@ LAST_CKPT = "last.ckpt"
 BEST_WEIGHTS = "best.safetensors"
 
 
-class TrainError(Exception):
+class TrainError(TrainStageError):
     """Training cannot start as asked (no usable slides, mismatched run, bad --init)."""
 
 

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fivewsi.errors import FeatureStageError
 from fivewsi.features.registry import PatchEncoder
 
 logger = logging.getLogger(__name__)
@@ -45,7 +46,7 @@ MODELS_EXTRA_HINT = (
 )
 
 
-class WeightsMismatchError(RuntimeError):
+class WeightsMismatchError(FeatureStageError, RuntimeError):
     """A checkpoint does not fit its model (missing, unexpected or resized keys)."""
 
 

@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from fivewsi.errors import FeatureStageError
 from fivewsi.features.encoders.common import (
     CLIP_MEAN,
     CLIP_STD,
@@ -42,7 +43,7 @@ PLIP_REPO = "vinid/plip"
 _POOLINGS = ("auto", "pooler", "cls", "mean", "image_features")
 
 
-class MissingHFModelError(FileNotFoundError):
+class MissingHFModelError(FeatureStageError, FileNotFoundError):
     """Neither a local model folder nor a cached copy of the repo (nothing is downloaded)."""
 
 

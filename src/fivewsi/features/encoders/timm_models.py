@@ -28,6 +28,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from fivewsi.errors import FeatureStageError
 from fivewsi.features.encoders.common import (
     CLIP_MEAN,
     CLIP_STD,
@@ -52,7 +53,7 @@ _WEIGHTS_HELP = (
 )
 
 
-class MissingWeightsError(FileNotFoundError):
+class MissingWeightsError(FeatureStageError, FileNotFoundError):
     """No local weights for an encoder that needs them (nothing is ever downloaded)."""
 
 
