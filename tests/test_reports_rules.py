@@ -1,5 +1,6 @@
-"""The offline rules backend: hand-written report snippets per field, robustness on arbitrary
-text, evidence, question-set checks, and agreement with GPT-4 on the shared TCGA lung reports."""
+"""The lung rule set of the offline rules backend: hand-written report snippets per field,
+robustness on arbitrary text, evidence, question-set checks, and agreement with GPT-4 on the
+shared TCGA lung reports. (Every registered rule set: tests/test_reports_rule_sets.py.)"""
 
 from __future__ import annotations
 
@@ -12,9 +13,12 @@ from hypothesis import strategies as st
 
 from conftest import SHARED_REPORTS
 from fivewsi.reports.questions import Question, QuestionSet, load_question_set
-from fivewsi.reports.rules import CATEGORIES, FIELDS, extract_rules
+from fivewsi.reports.rules import RuleSetMismatchError, extract_rules, get_rule_set
 
 LUNG = load_question_set("lung")
+LUNG_RULES = get_rule_set("lung")
+FIELDS = LUNG_RULES.keys
+CATEGORIES = {key: rule.categories for key, rule in LUNG_RULES.fields.items()}
 REPORTS_CSV = SHARED_REPORTS
 
 
@@ -235,6 +239,7 @@ def test_evidence_is_short_and_empty_for_silence() -> None:
 
 
 def _question_set(keys: list[str], categories: tuple[str, ...] = ("yes", "unknown")) -> QuestionSet:
+    """A set named ``lung`` (so the lung rules answer it) with only ``keys``."""
     questions = [
         Question(
             key=k,
@@ -245,17 +250,17 @@ def _question_set(keys: list[str], categories: tuple[str, ...] = ("yes", "unknow
         for k in keys
     ]
     return QuestionSet(
-        name="custom", version="1", organ="lung", instruction="Answer.", questions=questions
+        name="lung", version="1", organ="lung", instruction="Answer.", questions=questions
     )
 
 
 def test_unknown_question_keys_raise_naming_them() -> None:
-    with pytest.raises(ValueError, match=r"tumour_size"):
+    with pytest.raises(RuleSetMismatchError, match=r"tumour_size"):
         extract_rules("Margins negative.", _question_set(["margins", "tumour_size"]))
 
 
 def test_missing_categories_raise() -> None:
-    with pytest.raises(ValueError, match=r"involved"):
+    with pytest.raises(RuleSetMismatchError, match=r"involved"):
         extract_rules("Margins negative.", _question_set(["margins"], ("clear", "unknown")))
 
 

@@ -35,6 +35,14 @@ from fivewsi.reports.schema import (
     FieldAnswer,
     unknown_answers,
 )
+from fivewsi.reports.vocabulary import (
+    GRADE_LEVELS,
+    MARGIN_CATEGORIES,
+    PRESENCE_CATEGORIES,
+    R_CODES,
+    grade_level,
+    grade_range,
+)
 
 # A verdict: (category, confident). Not confident means "no cue found": flag for review.
 Verdict = tuple[str, bool]
@@ -215,11 +223,11 @@ def _clauses(text: str) -> list[str]:
 
 def _classifier_for(question: Question) -> Callable[[Question, str], Verdict]:
     cats = set(question.categories)
-    if cats == {"present", "absent", UNKNOWN}:
+    if cats == set(PRESENCE_CATEGORIES):
         return _presence
-    if cats == {"clear", "involved", UNKNOWN}:
+    if cats == set(MARGIN_CATEGORIES):
         return _margins
-    if {"well", "moderate", "poor"} <= cats:
+    if set(GRADE_LEVELS[:3]) <= cats:
         return _grade
     return _generic
 
@@ -285,7 +293,6 @@ _MARGIN_CLEAR = re.compile(
 _R_CODE = re.compile(
     r"(?<![\w-])r\s?([012x])\b(?!\s*(?:lymph|node|station|level|hilar|paratracheal))"
 )
-_R_CATEGORY = {"0": "clear", "1": "involved", "2": "involved", "x": UNKNOWN}
 
 
 def _margins(question: Question, text: str) -> Verdict:
@@ -308,13 +315,12 @@ def _margins(question: Question, text: str) -> Verdict:
 def _r_code(clause: str) -> str | None:
     if re.search(r"\b(?:station|level|node)\b", clause):
         return None  # lymph-node station names such as "R2" or "4R" are not R codes
-    found = {_R_CATEGORY[m.group(1)] for m in _R_CODE.finditer(clause)}
+    found = {R_CODES[m.group(1)] for m in _R_CODE.finditer(clause)}
     return found.pop() if len(found) == 1 else None
 
 
 # --- grade ----------------------------------------------------------------------------------
 
-_LEVELS = ("well", "moderate", "poor", "undifferentiated")
 _LEVEL_WORDS = {
     "well": re.compile(
         r"(?<!as )\bwell\b(?![- ](?:circumscribed|defined|demarcated|delineated|as\b))"
@@ -326,7 +332,6 @@ _LEVEL_WORDS = {
     ),
     "undifferentiated": re.compile(r"\bundifferentiated\b|\banaplastic\b"),
 }
-_ROMAN = {"i": 1, "ii": 2, "iii": 3, "iv": 4}
 _NUM = r"([1-4]|iv|i{1,3})"
 _GRADE_NUMBER = re.compile(
     rf"\bg\s?([1-4x])\b(?:\s*(?:-|to|/)\s*g?\s?([1-4])\b)?"
@@ -358,31 +363,18 @@ def _word_levels(text: str) -> set[str]:
 
 
 def _number_levels(text: str) -> set[str]:
-    numbers: set[int] = set()
+    # Every captured number is 1-4 (digits or Roman numerals) by the patterns' construction.
+    levels: set[str] = set()
     for match in _GRADE_NUMBER.finditer(text):
-        numbers.update(_to_int(g) for g in match.groups() if g and g != "x")
-    if not numbers and re.search(r"grade|differentiat", text):
+        levels.update(grade_level(g) for g in match.groups() if g and g != "x")
+    if not levels and re.search(r"grade|differentiat", text):
         for match in _GRADE_FRACTION.finditer(text):
-            numbers.update(int(g) for g in match.groups() if g)
-    return {_LEVELS[n - 1] for n in numbers if 1 <= n <= 4}
-
-
-def _to_int(token: str) -> int:
-    return _ROMAN[token] if token in _ROMAN else int(token)
+            levels.update(grade_level(g) for g in match.groups() if g)
+    return levels
 
 
 def _combine_levels(levels: set[str], question: Question) -> str:
-    ranks = sorted(_LEVELS.index(level) for level in levels)
-    if len(ranks) == 1:
-        category = _LEVELS[ranks[0]]
-    elif ranks == [0, 1]:
-        category = "well_to_moderate"
-    elif ranks[0] == 2:
-        category = "poor"  # poorly to undifferentiated (G3-G4): the poorly differentiated end
-    elif ranks[0] == 1 and ranks[-1] >= 2:
-        category = "moderate_to_poor"
-    else:
-        category = "mixed"
+    category = grade_range(levels)
     return category if category in question.categories else UNKNOWN
 
 

@@ -185,7 +185,9 @@ def extract_reports(
 
     Raises:
         ReportsInputError: missing columns, blank or duplicate ids.
-        ValueError: unknown backend, a question set the backend cannot answer, no LLM config.
+        ValueError: unknown backend, a question set the backend cannot answer (for the rules
+            backend: no rule set registered under its name, or keys it does not cover), no
+            LLM config.
 
     Example:
         >>> import tempfile, pathlib
@@ -211,10 +213,13 @@ def extract_reports(
 
 
 def _run_rules(reports: list[tuple[str, str]], qs: QuestionSet, progress: bool) -> list[LabelRow]:
-    from fivewsi.reports.rules import extract_rules
+    from fivewsi.reports.rules import get_rule_set
 
-    extract_rules("", qs)  # a set the rules cannot answer fails here, once, not per report
-    return _map_reports(reports, qs, "rules", lambda text: extract_rules(text, qs), progress)
+    rule_set = get_rule_set(qs.name)
+    keys = rule_set.check(qs)  # a set the rules cannot answer fails here, once, not per report
+    return _map_reports(
+        reports, qs, "rules", lambda text: rule_set.answer_text(text, keys), progress
+    )
 
 
 def _map_reports(
