@@ -6,11 +6,13 @@ categories are rendered into one short fine-grained label text per slide.
 
 - :mod:`fivewsi.reports.questions` — question sets as YAML data (bundled ``lung``).
 - :mod:`fivewsi.reports.normalize` — free-text answers → categories.
+- :mod:`fivewsi.reports.vocabulary` — what grades and R codes mean (normalizer and rules).
 - :mod:`fivewsi.reports.render` — categories → label text.
 - :mod:`fivewsi.reports.evaluate` — agreement with reference labels.
 - :mod:`fivewsi.reports.pipeline` — CSV in, LABELS.csv out.
 
-Backends (``rules``, ``llm``) are imported only when used.
+Backends (``rules``: an engine plus one rule set per question set; ``llm``) are imported
+only when used.
 
 Example:
     >>> from fivewsi.reports import load_question_set, normalize_answer, render_label
