@@ -113,7 +113,7 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path):
         result = invoke(*args)
         text = result.output
         assert result.exit_code == 2, f"{args}: exit {result.exit_code}\n{text}"
-        assert "Traceback" not in text and result.exception is None or isinstance(
+        assert ("Traceback" not in text and result.exception is None) or isinstance(
             result.exception, SystemExit), f"{args}\n{text}"
         assert needle in text, f"{args}: {needle!r} not in\n{text}"
         errors = [line for line in text.splitlines() if line.startswith("error:")]
