@@ -9,12 +9,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import typer
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
-from fivewsi.cohort.merge import cohort_merge_command, merge_cohort
+from fivewsi.cli import app
+from fivewsi.cohort.merge import merge_cohort
 from fivewsi.cohort.table import CohortError, CohortRow, read_cohort
 
 
@@ -126,18 +126,15 @@ def test_missing_file(tmp_path):
 
 
 def test_command_exit_status(tmp_path):
-    app = typer.Typer()
-    app.command("merge")(cohort_merge_command)
-    app.command("other")(lambda: None)  # two commands keep "merge" a subcommand
     slides = write_csv(tmp_path / "slides.csv", ["slide_id", "label"], [["a", "X"], ["b", "Y"]])
     labels = write_csv(tmp_path / "LABELS.csv", ["slide_id", "fine_grained_label", "status"],
                        [["a", "margins clear", "ok"]])
     runner = CliRunner()
-    ok = runner.invoke(app, ["merge", str(slides), "--labels", str(labels),
+    ok = runner.invoke(app, ["cohort", "merge", str(slides), "--labels", str(labels),
                              "--out", str(tmp_path / "c.csv")])
     assert ok.exit_code == 0, ok.output
     assert [r.report_label for r in read_cohort(tmp_path / "c.csv")] == ["margins clear", None]
-    bad = runner.invoke(app, ["merge", str(slides), "--labels", str(labels),
+    bad = runner.invoke(app, ["cohort", "merge", str(slides), "--labels", str(labels),
                               "--out", str(tmp_path / "d.csv"), "--slide-key", "nope"])
     assert bad.exit_code == 2 and not (tmp_path / "d.csv").exists()
 

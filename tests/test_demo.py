@@ -18,7 +18,6 @@ from fivewsi.demo import (
     DemoError,
     _check_settings,
     _resolve_size,
-    demo_command,
     demo_regions,
     write_demo_data,
 )
@@ -122,9 +121,8 @@ def test_sizes_and_settings_are_checked(tmp_path):
 
 
 def demo_app() -> typer.Typer:
-    app = typer.Typer()
-    app.command("demo")(demo_command)
-    app.command("other")(lambda: None)  # two commands keep "demo" a subcommand
+    from fivewsi.cli import app
+
     return app
 
 

@@ -15,7 +15,6 @@ from typer.testing import CliRunner
 
 from fivewsi.cohort.synthetic import SyntheticCohort, make_synthetic_cohort
 from fivewsi.cohort.table import CohortRow, read_cohort, write_cohort
-from fivewsi.evaluation.cli import evaluate_command, fewshot_command
 from fivewsi.evaluation.evaluate import EvaluationError, evaluate_run
 from fivewsi.evaluation.fewshot import (
     FewshotCell,
@@ -200,9 +199,8 @@ def test_markdown_marks_the_best_mean_per_column() -> None:
 
 
 def _cli() -> typer.Typer:
-    app = typer.Typer()
-    app.command("evaluate")(evaluate_command)
-    app.command("fewshot")(fewshot_command)
+    from fivewsi.cli import app
+
     return app
 
 

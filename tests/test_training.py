@@ -12,7 +12,6 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
-import typer
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
@@ -20,7 +19,6 @@ from conftest import write_tiny_text_model
 from fivewsi.cohort import make_synthetic_cohort, read_cohort, write_cohort
 from fivewsi.cohort.synthetic import SyntheticCohort
 from fivewsi.training import TrainConfig, TrainError, load_model, train
-from fivewsi.training.cli import train_command
 
 TINY_FIVE = {"dim": 32, "heads": 4, "n_learnable_prompts": 2, "negatives": "batch"}
 
@@ -240,10 +238,10 @@ def test_val_fraction_is_stratified_and_few_shot_uses_no_fraction(
 
 
 def test_cli_trains_and_reports_bad_settings(cohort: SyntheticCohort, tmp_path: Path) -> None:
-    app = typer.Typer()
-    app.command()(train_command)
+    from fivewsi.cli import app
+
     runner = CliRunner()
-    common = ["--features", str(cohort.features_dir), "--cohort", str(cohort.cohort_csv),
+    common = ["train", "--features", str(cohort.features_dir), "--cohort", str(cohort.cohort_csv),
               "--no-progress", "-q"]
     ok = runner.invoke(app, [*common, "--out", str(tmp_path / "cli"), "--model", "max",
                              "--epochs", "1", "--batch-size", "4"])

@@ -50,9 +50,7 @@ import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
-
-import typer
+from typing import TYPE_CHECKING
 
 from fivewsi.errors import DemoStageError
 
@@ -72,8 +70,6 @@ if TYPE_CHECKING:  # heavy modules load only when the demo runs
 log = logging.getLogger(__name__)
 
 CLASSES = ("LUAD", "LUSC")
-Verbose = Annotated[int, typer.Option("--verbose", "-v", count=True, help="More log output.")]
-Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Warnings and errors only.")]
 
 #: Tumour nuclei and stroma per class, as multipliers of the normal tissue (see SignalRegion).
 CLASS_STYLES: dict[str, dict[str, float]] = {
@@ -538,7 +534,7 @@ def _metrics_outcome(result: EvaluationResult) -> str:
 def _resolve_size(size: str | DemoSize, n_slides: int | None, shots: int | None) -> DemoSize:
     if isinstance(size, str):
         if size not in SIZES:
-            raise ValueError(f"unknown demo size {size!r}; use one of {sorted(SIZES)}")
+            raise DemoError(f"unknown demo size {size!r}; use one of {sorted(SIZES)}")
         size = SIZES[size]
     changes: dict[str, int] = {}
     if n_slides is not None:
@@ -548,7 +544,7 @@ def _resolve_size(size: str | DemoSize, n_slides: int | None, shots: int | None)
         changes["shots"] = shots
     spec = DemoSize(**{**asdict(size), **changes})
     if spec.shots < 1 or spec.n_train < 2 * spec.shots or spec.n_test < 2:
-        raise ValueError(
+        raise DemoError(
             f"{spec.n_train} training and {spec.n_test} test slides cannot hold {spec.shots} "
             "labelled slides per class and both classes in the test split; use more slides"
         )
@@ -572,73 +568,3 @@ def _check_settings(out: Path, spec: DemoSize, seed: int) -> None:
         return
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(path, wanted)
-
-
-# --- the command -------------------------------------------------------------------------------
-
-
-def demo_command(
-    out: Annotated[Path, typer.Option("--out", "-o", help="Demo folder.")] = Path("fivewsi-demo"),
-    size: Annotated[
-        str, typer.Option(help="default (the README's demo) or small (a quick check).")
-    ] = "default",
-    slides: Annotated[
-        int | None, typer.Option(help="Total synthetic slides (60% train, 40% test).")
-    ] = None,
-    shots: Annotated[int | None, typer.Option(help="Labelled training slides per class.")] = None,
-    seed: Annotated[int, typer.Option(help="Seed of the synthetic data.")] = 0,
-    progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
-    verbose: Verbose = 0,
-    quiet: Quiet = False,
-) -> None:
-    """Run the whole pipeline on a synthetic cohort written here, with no download.
-
-    Writes slides, reports and a slide table into OUT/data, then runs reports extract, cohort
-    merge, preprocess, train (pretraining on reports, then few-shot), evaluate and predict
-    inside OUT, printing each equivalent command. Exit status 1 when a slide failed.
-    """
-    from fivewsi.utils.logs import configure_logging, console
-
-    configure_logging(-1 if quiet else verbose)
-    try:
-        result = run_demo(out, size=size, n_slides=slides, shots=shots, seed=seed,
-                          progress=progress)
-    except (DemoError, ValueError) as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(2) from None
-    for table in _tables(result):
-        console.print(table)
-    console.print(f"prediction page: [bold]{result.report_html.resolve()}[/bold]")
-    raise typer.Exit(0 if result.ok else 1)
-
-
-def _tables(result: DemoResult) -> list[Any]:
-    from rich.table import Table
-
-    steps = Table(title=f"fivewsi demo → {result.out} ({result.seconds:.0f} s)")
-    for column in ("step", "command (inside the demo folder)", "seconds", "outcome"):
-        steps.add_column(column, overflow="fold")
-    for s in result.steps:
-        steps.add_row(s.name, s.command, f"{s.seconds:.1f}", s.outcome)
-    tables = [steps]
-    evaluated = [("few-shot", result.evaluation), ("zero-shot", result.zero_shot)]
-    evaluated = [(name, e) for name, e in evaluated if e is not None]
-    if evaluated:
-        metrics = Table(title="held-out test slides (95% bootstrap CI)")
-        metrics.add_column("metric")
-        for name, _ in evaluated:
-            metrics.add_column(name, justify="right")
-        for key in ("balanced_accuracy", "accuracy", "macro_f1", "auc"):
-            cells = []
-            for _, evaluation in evaluated:
-                m = evaluation.metrics.get(key) or {}
-                if m.get("value") is None:
-                    cells.append("n/a")
-                elif m.get("ci_low") is None:
-                    cells.append(f"{m['value']:.3f}")
-                else:
-                    cells.append(f"{m['value']:.3f} [{m['ci_low']:.2f}, {m['ci_high']:.2f}]")
-            metrics.add_row(key, *cells)
-        metrics.caption = f"{evaluated[0][1].metrics['n']} test slides"
-        tables.append(metrics)
-    return tables

@@ -38,9 +38,6 @@ import sys
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated
-
-import typer
 
 log = logging.getLogger(__name__)
 
@@ -48,8 +45,6 @@ log = logging.getLogger(__name__)
 _SPLITS = {"train": "train", "val": "val", "test": "test", "validation": "val", "valid": "val",
            "dev": "val"}
 _FAILED = "failed"
-Verbose = Annotated[int, typer.Option("--verbose", "-v", count=True, help="More log output.")]
-Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Warnings and errors only.")]
 _NEEDS_REVIEW = "needs_review"
 
 
@@ -286,40 +281,3 @@ def _log_problems(
                     len(summary.unmatched_reports), summary.slide_key, summary.id_column,
                     few(summary.unmatched_reports))
     log.info("%s", summary.summary())
-
-
-def cohort_merge_command(
-    slides_csv: Annotated[
-        Path, typer.Argument(help="Slide table: slide_id, label (may be empty), split, ...")
-    ],
-    labels: Annotated[
-        Path, typer.Option("--labels", "-l", help="LABELS.csv from `fivewsi reports extract`.")
-    ],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Cohort CSV to write.")],
-    id_column: Annotated[
-        str | None, typer.Option(help="LABELS.csv id column (default: its first column).")
-    ] = None,
-    slide_key: Annotated[
-        str | None,
-        typer.Option(help="Slide-table column holding the report id (default: the id column "
-                          "when present, else slide_id)."),
-    ] = None,
-    verbose: Verbose = 0,
-    quiet: Quiet = False,
-) -> None:
-    """Join the slide table with the reports' fine-grained labels into the training cohort CSV.
-
-    Slides without a report get an empty report_label; reports without a slide are counted.
-    Exit status 2 on bad input (missing columns, duplicate ids, nothing matching).
-    """
-    from fivewsi.cohort.table import CohortError
-    from fivewsi.utils.logs import configure_logging, console
-
-    configure_logging(-1 if quiet else verbose)
-    try:
-        summary = merge_cohort(slides_csv, labels, out, id_column=id_column, slide_key=slide_key)
-    except (CohortError, FileNotFoundError) as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(2) from None
-    colour = "green" if not (summary.n_failed_reports or summary.unmatched_reports) else "yellow"
-    console.print(f"[{colour}]{summary.summary()}[/{colour}]")

@@ -30,12 +30,12 @@ from typing import Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 from rich.progress import Progress
 
 from fivewsi import __version__
 from fivewsi.errors import FeatureStageError
 from fivewsi.features.bags import read_bag_attrs, save_bag
+from fivewsi.features.config import PreprocessConfig
 from fivewsi.features.extract import embed_patches
 from fivewsi.features.registry import PatchEncoder, create_encoder, get_spec
 from fivewsi.slides.qc import save_qc_image
@@ -51,28 +51,6 @@ MANIFEST_COLUMNS = (
     "slide_id", "path", "status", "error", "n_patches", "seconds",
     "backend", "slide_mpp", "mpp_source", "width", "height", "rank",
 )
-#: Settings that change the features: a folder holds features made with one value of each.
-_FEATURE_SETTINGS = ("target_mpp", "patch_size", "encoder", "min_tissue")
-
-
-class PreprocessConfig(BaseModel):
-    """Settings of ``fivewsi preprocess``."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    target_mpp: float = Field(0.5, gt=0, le=64, description="microns per pixel of the patches")
-    patch_size: int = Field(256, ge=16, le=4096, description="patch side at the target mpp")
-    encoder: str = "he-handcrafted"
-    weights: Path | None = None
-    slide_mpp: float | None = Field(None, gt=0, description="level-0 mpp when metadata lacks it")
-    min_tissue: float = Field(0.25, ge=0, le=1, description="tissue fraction a patch needs")
-    workers: int = Field(default_factory=lambda: min(4, os.cpu_count() or 1), ge=0)
-    batch_size: int = Field(64, ge=1)
-    device: str = "auto"
-    qc: bool = True
-
-    def feature_settings(self) -> dict[str, object]:
-        return {key: getattr(self, key) for key in _FEATURE_SETTINGS}
 
 
 @dataclass

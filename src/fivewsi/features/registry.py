@@ -22,12 +22,21 @@ from typing import Any
 
 import torch
 
+from fivewsi.errors import FeatureStageError
+
 #: Modules whose import registers encoders (kept lazy: they must not import timm at top level).
 _ENCODER_MODULES = (
     "fivewsi.features.encoders.handcrafted",
     "fivewsi.features.encoders.timm_models",
     "fivewsi.features.encoders.hf_models",
 )
+
+
+class UnknownEncoderError(FeatureStageError, KeyError):
+    """No encoder of that name; the message lists the registered ones."""
+
+    def __str__(self) -> str:  # KeyError's own str() would quote the message
+        return str(self.args[0]) if self.args else ""
 
 
 class PatchEncoder(torch.nn.Module):
@@ -102,7 +111,8 @@ def list_encoders() -> dict[str, EncoderSpec]:
 
 
 def get_spec(name: str) -> EncoderSpec:
-    """The spec for ``name``; raises ``KeyError`` with the known names if it is unknown."""
+    """The spec for ``name``; :class:`UnknownEncoderError` (a ``KeyError``) with the known names
+    if it is unknown."""
     _load_modules()
     if name in _REGISTRY:
         return _REGISTRY[name]
@@ -110,7 +120,7 @@ def get_spec(name: str) -> EncoderSpec:
     if ":" in name and prefix in _PREFIXES:
         return _PREFIXES[prefix]
     known = ", ".join(sorted(list_encoders()))
-    raise KeyError(f"unknown encoder {name!r}; known encoders: {known}")
+    raise UnknownEncoderError(f"unknown encoder {name!r}; known encoders: {known}")
 
 
 def create_encoder(

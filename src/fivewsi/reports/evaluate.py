@@ -23,13 +23,13 @@ from rich.console import Console
 from rich.table import Table
 
 from fivewsi.reports.questions import Question, QuestionSet
-from fivewsi.reports.schema import UNKNOWN
+from fivewsi.reports.schema import UNKNOWN, ReportsInputError
 
 Row = Mapping[str, str]
 
 
 def index_rows(rows: Iterable[Row], id_column: str, side: str = "rows") -> dict[str, Row]:
-    """Rows by stripped id; ValueError on a missing id column, blank or duplicate ids.
+    """Rows by stripped id; ReportsInputError on a missing id column, blank or duplicate ids.
 
     Example:
         >>> sorted(index_rows([{"id": " x "}, {"id": "y"}], "id"))
@@ -38,12 +38,12 @@ def index_rows(rows: Iterable[Row], id_column: str, side: str = "rows") -> dict[
     indexed: dict[str, Row] = {}
     for number, row in enumerate(rows, start=1):
         if id_column not in row:
-            raise ValueError(f"{side}: no column {id_column!r}; columns: {sorted(row)}")
+            raise ReportsInputError(f"{side}: no column {id_column!r}; columns: {sorted(row)}")
         row_id = (row[id_column] or "").strip()
         if not row_id:
-            raise ValueError(f"{side}: row {number} has an empty {id_column!r}")
+            raise ReportsInputError(f"{side}: row {number} has an empty {id_column!r}")
         if row_id in indexed:
-            raise ValueError(f"{side}: duplicate {id_column} {row_id!r}")
+            raise ReportsInputError(f"{side}: duplicate {id_column} {row_id!r}")
         indexed[row_id] = row
     return indexed
 

@@ -33,7 +33,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from fivewsi.errors import ReportStageError
 from fivewsi.reports.evaluate import evaluate_labels
 from fivewsi.reports.normalize import normalize_answer
 from fivewsi.reports.questions import QuestionSet, load_question_set
@@ -44,6 +43,7 @@ from fivewsi.reports.schema import (
     STATUS_OK,
     UNKNOWN,
     FieldAnswer,
+    ReportsInputError,
     unknown_answers,
     worst_status,
 )
@@ -56,10 +56,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 BACKENDS = ("rules", "llm")
-
-
-class ReportsInputError(ReportStageError, ValueError):
-    """An input CSV the pipeline cannot use: missing columns, blank or duplicate ids."""
 
 
 @dataclass(frozen=True)
@@ -197,7 +193,7 @@ def extract_reports(
         1
     """
     if backend not in BACKENDS:
-        raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+        raise ReportsInputError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     started = time.perf_counter()
     qs = load_question_set(questions)
     path = Path(reports_csv)
@@ -207,7 +203,7 @@ def extract_reports(
         labels, stats = _run_rules(reports, qs, progress), ""
     else:
         if llm_config is None:
-            raise ValueError("the llm backend needs llm_config (at least a model)")
+            raise ReportsInputError("the llm backend needs llm_config (at least a model)")
         labels, stats = _run_llm(reports, qs, llm_config, progress)
     return _finish(labels, out_csv, id_column, qs, started, stats)
 

@@ -13,6 +13,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Final
 
+from fivewsi.errors import ReportStageError
+
+
+class ReportsInputError(ReportStageError, ValueError):
+    """An input CSV the pipeline cannot use: missing columns, blank or duplicate ids."""
+
+
 #: Every field answers ``unknown`` when the report does not tell.
 UNKNOWN: Final = "unknown"
 
