@@ -76,7 +76,7 @@ def _as_region(item: SignalRegion | Sequence[Any]) -> SignalRegion:
 
 @dataclass(frozen=True)
 class PixelSlideSpec:
-    """Everything that determines a synthetic slide; equal options give equal pixels.
+    """Everything that determines a synthetic pixel slide; equal specs give equal pixels.
 
     Attributes:
         width, height: level-0 size in pixels.
