@@ -2,9 +2,9 @@
 
 Steps (each resumes when rerun with the same options):
 
-1. a synthetic LUAD / LUSC cohort (``fivewsi.cohort.synthetic``; 400 train + 200 test slides),
-   whose train slides carry fine-grained report labels and whose truth (tumour region per
-   slide) is known;
+1. a synthetic LUAD / LUSC cohort (``fivewsi.synthetic.feature_cohort``; 400 train + 200
+   test slides), whose train slides carry fine-grained report labels and whose truth (tumour
+   region per slide) is known;
 2. FiVE pretrained on the train slides' report labels (timed);
 3. the few-shot grid: FiVE from scratch, FiVE fine-tuned from the pretrained run
    (``five+reports``, plus its zero-shot row) and every label-only baseline, at k labelled
@@ -39,7 +39,6 @@ from typing import Any
 
 import numpy as np
 
-from fivewsi.cohort.synthetic import load_truth, make_synthetic_cohort
 from fivewsi.evaluation.fewshot import (
     HEADLINE,
     PRETRAINED_ROW,
@@ -47,6 +46,7 @@ from fivewsi.evaluation.fewshot import (
     FewshotResult,
     run_fewshot,
 )
+from fivewsi.synthetic import load_truth, make_feature_cohort
 from fivewsi.utils.atomic import write_json_atomic
 from fivewsi.utils.logs import configure_logging
 
@@ -129,7 +129,7 @@ def cohort_folder(args: argparse.Namespace) -> Path:
         log.info("reusing the synthetic cohort in %s", root)
         return root
     tic = time.perf_counter()
-    make_synthetic_cohort(root, n_train=args.n_train, n_test=args.n_test, dim=args.dim,
+    make_feature_cohort(root, n_train=args.n_train, n_test=args.n_test, dim=args.dim,
                           seed=args.cohort_seed, overwrite=True)
     write_json_atomic(stamp, params)
     log.info("synthetic cohort written in %.1f s", time.perf_counter() - tic)

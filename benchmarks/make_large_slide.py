@@ -12,7 +12,7 @@ large, irregular tissue regions (about 27% of the area, ~15k tissue tiles) on ne
 - every distinct tile (source tile x one of 8 orientations, glass variants) is JPEG-encoded
   once and reused; only border tiles and the reduced levels are encoded per position.
 
-The TIFF is written by :func:`fivewsi.slides.synthetic.write_pyramid_tiff`: JPEG tiles, BigTIFF,
+The TIFF is written by :func:`fivewsi.synthetic.tiff.write_pyramid_tiff`: JPEG tiles, BigTIFF,
 levels halved down to < 1000 px, resolution in pixels/cm so OpenSlide reports the mpp. Memory
 holds a level-0 tile row (~46 MB), the reduced levels' row buffers and the tile pools (~60 MB
 of pixels, ~12 MB encoded); peak RSS was 0.7 GB, ~0.25 GB of it imports (torch).
@@ -38,7 +38,7 @@ import cv2
 import numpy as np
 
 from fivewsi.slides.readers import open_slide
-from fivewsi.slides.synthetic import TileRow, encode_jpeg_tile, pyramid_sizes, write_pyramid_tiff
+from fivewsi.synthetic.tiff import TileRow, encode_jpeg_tile, pyramid_sizes, write_pyramid_tiff
 
 log = logging.getLogger("make_large_slide")
 

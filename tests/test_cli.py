@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from fivewsi.features.bags import load_bag
-from fivewsi.slides.synthetic import write_synthetic_slide
+from fivewsi.synthetic import write_pixel_slide
 
 FIVEWSI = [sys.executable, "-m", "fivewsi"]
 
@@ -30,7 +30,7 @@ def run(*args: str, **kwargs) -> subprocess.CompletedProcess[str]:
 def slides(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("cli-slides")
     for seed in range(3):
-        write_synthetic_slide(folder / f"s{seed}.tif", width=2560, height=2048, mpp=0.5,
+        write_pixel_slide(folder / f"s{seed}.tif", width=2560, height=2048, mpp=0.5,
                               seed=seed)
     (folder / "broken.svs").write_bytes(b"\x00" * 1000)
     return folder

@@ -156,11 +156,11 @@ def test_config_file_merging(tmp_path):
 
 def test_preprocess_reads_a_config_file_and_records_the_merged_settings(tmp_path):
     from fivewsi.features.bags import load_bag
-    from fivewsi.slides.synthetic import write_synthetic_slide
+    from fivewsi.synthetic import write_pixel_slide
 
     slides = tmp_path / "slides"
     slides.mkdir()
-    write_synthetic_slide(slides / "s0.tif", width=1024, height=768, mpp=0.5, seed=0)
+    write_pixel_slide(slides / "s0.tif", width=1024, height=768, mpp=0.5, seed=0)
     out = tmp_path / "out"
     config = tmp_path / "preprocess.yaml"
     config.write_text(yaml.safe_dump({

@@ -141,10 +141,10 @@ def test_command_exit_status(tmp_path):
 
 def test_extracted_synthetic_reports_round_trip(tmp_path):
     """The rules extractor reads the synthetic reports back; merge carries their labels over."""
-    from fivewsi.cohort.synthetic import draw_categories, report_text
     from fivewsi.reports.pipeline import extract_reports
     from fivewsi.reports.questions import load_question_set
     from fivewsi.reports.render import render_label
+    from fivewsi.synthetic import draw_categories, report_text
 
     qs = load_question_set("lung")
     rng = np.random.default_rng(3)

@@ -13,7 +13,6 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from fivewsi.cohort.synthetic import SyntheticCohort, make_synthetic_cohort
 from fivewsi.cohort.table import CohortRow, read_cohort, write_cohort
 from fivewsi.evaluation.evaluate import EvaluationError, evaluate_run
 from fivewsi.evaluation.fewshot import (
@@ -24,15 +23,16 @@ from fivewsi.evaluation.fewshot import (
     summarize,
     table_markdown,
 )
+from fivewsi.synthetic import FeatureCohort, make_feature_cohort
 from fivewsi.training.run import SlidePrediction
 
 CLASSES = ["LUAD", "LUSC"]
 
 
 @pytest.fixture(scope="module")
-def cohort(tmp_path_factory: pytest.TempPathFactory) -> SyntheticCohort:
+def cohort(tmp_path_factory: pytest.TempPathFactory) -> FeatureCohort:
     # Strong class signal so a few epochs learn something; small bags so training is quick.
-    return make_synthetic_cohort(
+    return make_feature_cohort(
         tmp_path_factory.mktemp("cohort"), n_train=16, n_test=12, dim=16, n_patches=(30, 50),
         class_strength=12.0, nuisance_strength=1.0, seed=3,
     )
@@ -71,7 +71,7 @@ def stub(monkeypatch: pytest.MonkeyPatch) -> StubClassifier:
     return classifier
 
 
-def _copy_cohort(cohort: SyntheticCohort, tmp_path: Path, edit=None) -> Path:
+def _copy_cohort(cohort: FeatureCohort, tmp_path: Path, edit=None) -> Path:
     rows = read_cohort(cohort.cohort_csv)
     if edit is not None:
         rows = edit(rows)
@@ -80,7 +80,7 @@ def _copy_cohort(cohort: SyntheticCohort, tmp_path: Path, edit=None) -> Path:
     return path
 
 
-def _features_copy(cohort: SyntheticCohort, tmp_path: Path) -> Path:
+def _features_copy(cohort: FeatureCohort, tmp_path: Path) -> Path:
     features = tmp_path / "features"
     features.mkdir()
     for path in cohort.features_dir.glob("*.h5"):
@@ -89,7 +89,7 @@ def _features_copy(cohort: SyntheticCohort, tmp_path: Path) -> Path:
 
 
 def test_evaluate_writes_metrics_and_predictions(
-    cohort: SyntheticCohort, stub: StubClassifier, tmp_path: Path
+    cohort: FeatureCohort, stub: StubClassifier, tmp_path: Path
 ) -> None:
     test_ids = [s.slide_id for s in cohort.split("test")]
     result = evaluate_run("run", cohort.features_dir, cohort.cohort_csv, out=tmp_path / "eval")
@@ -113,7 +113,7 @@ def test_evaluate_writes_metrics_and_predictions(
 
 
 def test_missing_broken_and_unlabelled_slides_are_counted(
-    cohort: SyntheticCohort, stub: StubClassifier, tmp_path: Path
+    cohort: FeatureCohort, stub: StubClassifier, tmp_path: Path
 ) -> None:
     features = _features_copy(cohort, tmp_path)
     test_ids = [s.slide_id for s in cohort.split("test")]
@@ -142,7 +142,7 @@ def test_missing_broken_and_unlabelled_slides_are_counted(
 
 
 def test_wrong_feature_size_is_a_slide_error(
-    cohort: SyntheticCohort, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    cohort: FeatureCohort, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     classifier = StubClassifier(in_dim=32)
     monkeypatch.setattr("fivewsi.training.run.load_model", lambda *a, **k: classifier)
@@ -151,7 +151,7 @@ def test_wrong_feature_size_is_a_slide_error(
 
 
 def test_refuses_labels_outside_the_model_classes(
-    cohort: SyntheticCohort, stub: StubClassifier, tmp_path: Path
+    cohort: FeatureCohort, stub: StubClassifier, tmp_path: Path
 ) -> None:
     def rename(rows: list[CohortRow]) -> list[CohortRow]:
         rows[-1].label = "SCLC"
@@ -164,7 +164,7 @@ def test_refuses_labels_outside_the_model_classes(
 
 
 def test_cohort_without_splits_evaluates_every_labelled_slide(
-    cohort: SyntheticCohort, stub: StubClassifier, tmp_path: Path,
+    cohort: FeatureCohort, stub: StubClassifier, tmp_path: Path,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     def drop_splits(rows: list[CohortRow]) -> list[CohortRow]:
@@ -205,7 +205,7 @@ def _cli() -> typer.Typer:
 
 
 def test_evaluate_command_prints_metrics_and_writes_json(
-    cohort: SyntheticCohort, stub: StubClassifier, tmp_path: Path
+    cohort: FeatureCohort, stub: StubClassifier, tmp_path: Path
 ) -> None:
     run = tmp_path / "run"
     run.mkdir()
@@ -225,7 +225,7 @@ def test_evaluate_command_prints_metrics_and_writes_json(
 
 
 def test_evaluate_command_refuses_a_folder_that_is_not_a_run(
-    cohort: SyntheticCohort, tmp_path: Path
+    cohort: FeatureCohort, tmp_path: Path
 ) -> None:
     args = ["evaluate", str(tmp_path), "--features", str(cohort.features_dir),
             "--cohort", str(cohort.cohort_csv)]
@@ -239,7 +239,7 @@ TINY = {"dim": 16, "heads": 2, "batch_size": 4, "n_learnable_prompts": 1, "min_s
 
 
 @pytest.fixture(scope="module")
-def grid(cohort: SyntheticCohort, tmp_path_factory: pytest.TempPathFactory) -> FewshotConfig:
+def grid(cohort: FeatureCohort, tmp_path_factory: pytest.TempPathFactory) -> FewshotConfig:
     return FewshotConfig(
         features=cohort.features_dir, cohort=cohort.cohort_csv, classes=cohort.classes_csv,
         out=tmp_path_factory.mktemp("grid"), models=["abmil"], shots=[1, 2], seeds=[0, 1],
@@ -248,7 +248,7 @@ def grid(cohort: SyntheticCohort, tmp_path_factory: pytest.TempPathFactory) -> F
 
 
 def test_fewshot_grid_trains_evaluates_and_resumes(
-    grid: FewshotConfig, cohort: SyntheticCohort, monkeypatch: pytest.MonkeyPatch
+    grid: FewshotConfig, cohort: FeatureCohort, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     first = run_fewshot(grid)
     assert [(c.model, c.k, c.seed, c.status) for c in first.cells] == [
@@ -309,7 +309,7 @@ def test_fewshot_refuses_a_finished_cell_with_other_settings(grid: FewshotConfig
         run_fewshot(changed)
 
 
-def test_evaluate_real_run_and_training_overlap(grid: FewshotConfig, cohort: SyntheticCohort,
+def test_evaluate_real_run_and_training_overlap(grid: FewshotConfig, cohort: FeatureCohort,
                                                 caplog: pytest.LogCaptureFixture) -> None:
     if not (grid.out / "runs").exists():
         run_fewshot(grid)
@@ -323,7 +323,7 @@ def test_evaluate_real_run_and_training_overlap(grid: FewshotConfig, cohort: Syn
 
 
 def test_fewshot_with_pretrained_run_adds_zero_shot_and_fine_tuned_rows(
-    cohort: SyntheticCohort, tmp_path: Path
+    cohort: FeatureCohort, tmp_path: Path
 ) -> None:
     from fivewsi.training import TrainConfig, train
 
@@ -349,7 +349,7 @@ def test_fewshot_with_pretrained_run_adds_zero_shot_and_fine_tuned_rows(
     assert "| five+reports |" in result.markdown.read_text()
 
 
-def test_fewshot_command_runs_the_grid(grid: FewshotConfig, cohort: SyntheticCohort) -> None:
+def test_fewshot_command_runs_the_grid(grid: FewshotConfig, cohort: FeatureCohort) -> None:
     args = ["fewshot", "--features", str(cohort.features_dir), "--cohort",
             str(cohort.cohort_csv), "--classes", str(cohort.classes_csv), "--out",
             str(grid.out), "--models", "abmil", "--shots", "1,2", "--seeds", "2",

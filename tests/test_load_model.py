@@ -10,23 +10,23 @@ import pytest
 import torch
 
 from conftest import write_tiny_text_model
-from fivewsi.cohort import ClassDescription, make_synthetic_cohort
-from fivewsi.cohort.synthetic import SyntheticCohort
+from fivewsi.cohort import ClassDescription
 from fivewsi.features.bags import Bag, load_bag
+from fivewsi.synthetic import FeatureCohort, make_feature_cohort
 from fivewsi.training import RunError, TrainConfig, load_model, train
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def cohort(tmp_path_factory: pytest.TempPathFactory) -> SyntheticCohort:
+def cohort(tmp_path_factory: pytest.TempPathFactory) -> FeatureCohort:
     root = tmp_path_factory.mktemp("cohort")
-    made = make_synthetic_cohort(root, n_train=12, n_test=4, dim=16, n_patches=(30, 45), seed=1)
+    made = make_feature_cohort(root, n_train=12, n_test=4, dim=16, n_patches=(30, 45), seed=1)
     write_tiny_text_model(root / "tiny-bert")
     return made
 
 
-def _train(cohort: SyntheticCohort, out: Path, **options: object) -> Path:
+def _train(cohort: FeatureCohort, out: Path, **options: object) -> Path:
     settings: dict[str, object] = {
         "epochs": 1, "min_steps": 0, "batch_size": 4, "progress": False, "dim": 32, "heads": 4,
         "n_learnable_prompts": 3, "negatives": "batch",
@@ -39,7 +39,7 @@ def _train(cohort: SyntheticCohort, out: Path, **options: object) -> Path:
 
 
 @pytest.fixture(scope="module")
-def runs(cohort: SyntheticCohort, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+def runs(cohort: FeatureCohort, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("runs")
     pretrained = _train(cohort, root / "pretrain")
     return {
@@ -49,11 +49,11 @@ def runs(cohort: SyntheticCohort, tmp_path_factory: pytest.TempPathFactory) -> d
     }
 
 
-def _bags(cohort: SyntheticCohort, n: int = 2) -> list[Bag]:
+def _bags(cohort: FeatureCohort, n: int = 2) -> list[Bag]:
     return [load_bag(p) for p in sorted(cohort.features_dir.glob("*.h5"))[:n]]
 
 
-def test_zero_shot_from_a_pretrained_run(runs: dict[str, Path], cohort: SyntheticCohort) -> None:
+def test_zero_shot_from_a_pretrained_run(runs: dict[str, Path], cohort: FeatureCohort) -> None:
     with pytest.raises(RunError, match="pass classes"):
         load_model(runs["pretrained"])
     classifier = load_model(runs["pretrained"], classes=cohort.classes_csv)
@@ -83,7 +83,7 @@ def test_zero_shot_from_a_pretrained_run(runs: dict[str, Path], cohort: Syntheti
 
 
 def test_other_descriptions_change_a_text_model_but_not_a_label_model(
-    runs: dict[str, Path], cohort: SyntheticCohort
+    runs: dict[str, Path], cohort: FeatureCohort
 ) -> None:
     bag = _bags(cohort, 1)[0]
     stored = load_model(runs["classes"])
@@ -99,7 +99,7 @@ def test_other_descriptions_change_a_text_model_but_not_a_label_model(
         baseline.embed_texts(["x"])
 
 
-def test_text_embeddings_are_normalised(runs: dict[str, Path], cohort: SyntheticCohort) -> None:
+def test_text_embeddings_are_normalised(runs: dict[str, Path], cohort: FeatureCohort) -> None:
     classifier = load_model(runs["classes"])
     embedded = classifier.embed_texts(["poorly differentiated", "margins clear"])
     assert embedded.shape == (2, 32)
@@ -108,7 +108,7 @@ def test_text_embeddings_are_normalised(runs: dict[str, Path], cohort: Synthetic
 
 @pytest.mark.parametrize("name", ["classes", "abmil"])
 def test_batched_predictions_match_single_ones(
-    name: str, runs: dict[str, Path], cohort: SyntheticCohort
+    name: str, runs: dict[str, Path], cohort: FeatureCohort
 ) -> None:
     classifier = load_model(runs[name])
     bags = _bags(cohort, 3)

@@ -14,7 +14,7 @@ from conftest import write_tiny_text_model
 from fivewsi.cli import app
 from fivewsi.cohort.table import ClassDescription, CohortRow, write_classes, write_cohort
 from fivewsi.features.preprocess import PreprocessConfig, preprocess
-from fivewsi.slides.synthetic import write_synthetic_slide
+from fivewsi.synthetic import write_pixel_slide
 from fivewsi.training import TrainConfig, train
 
 PATCH = 256
@@ -26,7 +26,7 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("predict")
     slides = root / "slides"
     for i, style in enumerate(("tumour", "stroma", "tumour", "stroma")):
-        write_synthetic_slide(slides / f"s{i}.tif", width=1536, height=1024, seed=i,
+        write_pixel_slide(slides / f"s{i}.tif", width=1536, height=1024, seed=i,
                               regions=[(700, 500, 300, style)])
     work = root / "work"
     result = preprocess([slides], work, PreprocessConfig(workers=0, qc=False), progress=False)

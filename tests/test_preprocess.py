@@ -18,7 +18,7 @@ from fivewsi.features.preprocess import (
     SettingsMismatchError,
     preprocess,
 )
-from fivewsi.slides.synthetic import write_synthetic_slide
+from fivewsi.synthetic import write_pixel_slide
 
 FAST = {"workers": 0, "batch_size": 32}
 
@@ -27,8 +27,8 @@ FAST = {"workers": 0, "batch_size": 32}
 def slide_dir(tmp_path_factory):
     """Two synthetic slides, one without mpp metadata, and one broken file."""
     folder = tmp_path_factory.mktemp("slides")
-    write_synthetic_slide(folder / "alpha.tif", width=2048, height=1536, mpp=0.5, seed=1)
-    write_synthetic_slide(folder / "beta.tif", width=1536, height=1536, mpp=0.25, seed=2)
+    write_pixel_slide(folder / "alpha.tif", width=2048, height=1536, mpp=0.5, seed=1)
+    write_pixel_slide(folder / "beta.tif", width=1536, height=1536, mpp=0.25, seed=2)
     rng = np.random.default_rng(3)
     tissue = np.full((768, 768, 3), 235, np.uint8)
     tissue[100:600, 150:650] = rng.integers(90, 200, (500, 500, 3), dtype=np.uint8)

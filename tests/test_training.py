@@ -16,8 +16,8 @@ from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from conftest import write_tiny_text_model
-from fivewsi.cohort import make_synthetic_cohort, read_cohort, write_cohort
-from fivewsi.cohort.synthetic import SyntheticCohort
+from fivewsi.cohort import read_cohort, write_cohort
+from fivewsi.synthetic import FeatureCohort, make_feature_cohort
 from fivewsi.training import TrainConfig, TrainError, load_model, train
 
 TINY_FIVE = {"dim": 32, "heads": 4, "n_learnable_prompts": 2, "negatives": "batch"}
@@ -27,9 +27,9 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def cohort(tmp_path_factory: pytest.TempPathFactory) -> SyntheticCohort:
+def cohort(tmp_path_factory: pytest.TempPathFactory) -> FeatureCohort:
     root = tmp_path_factory.mktemp("cohort")
-    made = make_synthetic_cohort(root, n_train=16, n_test=6, dim=16, n_patches=(30, 45), seed=0)
+    made = make_feature_cohort(root, n_train=16, n_test=6, dim=16, n_patches=(30, 45), seed=0)
     rows = read_cohort(made.cohort_csv)
     # Two training slides per class become validation rows; test rows stay test rows.
     seen: dict[str, int] = {}
@@ -42,7 +42,7 @@ def cohort(tmp_path_factory: pytest.TempPathFactory) -> SyntheticCohort:
     return made
 
 
-def _config(cohort: SyntheticCohort, out: Path, **options: object) -> TrainConfig:
+def _config(cohort: FeatureCohort, out: Path, **options: object) -> TrainConfig:
     settings: dict[str, object] = {
         "epochs": 2, "min_steps": 0, "batch_size": 4, "progress": False
     }
@@ -59,19 +59,19 @@ def _split(run: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(handle))
 
 
-def _test_ids(cohort: SyntheticCohort) -> set[str]:
+def _test_ids(cohort: FeatureCohort) -> set[str]:
     return {r.slide_id for r in read_cohort(cohort.cohort_csv) if r.split == "test"}
 
 
 @pytest.fixture(scope="module")
-def pretrained(cohort: SyntheticCohort, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def pretrained(cohort: FeatureCohort, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("runs") / "pretrain"
     result = train(_config(cohort, out))
     assert result.stage == "reports" and not result.skipped
     return out
 
 
-def test_pretraining_writes_a_complete_run(pretrained: Path, cohort: SyntheticCohort) -> None:
+def test_pretraining_writes_a_complete_run(pretrained: Path, cohort: FeatureCohort) -> None:
     info = json.loads((pretrained / "run.json").read_text())
     assert info["status"] == "finished" and info["stage"] == "reports"
     assert info["model"]["kind"] == "text" and info["model"]["in_dim"] == 16
@@ -93,7 +93,7 @@ def test_pretraining_writes_a_complete_run(pretrained: Path, cohort: SyntheticCo
 
 
 def test_few_shot_fine_tuning_from_the_pretrained_run(
-    pretrained: Path, cohort: SyntheticCohort, tmp_path: Path
+    pretrained: Path, cohort: FeatureCohort, tmp_path: Path
 ) -> None:
     out = tmp_path / "fewshot"
     result = train(_config(cohort, out, classes=cohort.classes_csv, init=pretrained, shots=2))
@@ -113,7 +113,7 @@ def test_few_shot_fine_tuning_from_the_pretrained_run(
 
 
 def test_init_must_match_the_model(
-    pretrained: Path, cohort: SyntheticCohort, tmp_path: Path
+    pretrained: Path, cohort: FeatureCohort, tmp_path: Path
 ) -> None:
     with pytest.raises(TrainError, match="model options"):
         train(_config(cohort, tmp_path / "wide", classes=cohort.classes_csv, init=pretrained,
@@ -123,7 +123,7 @@ def test_init_must_match_the_model(
 
 
 def test_baseline_trains_on_cohort_labels_and_predicts(
-    cohort: SyntheticCohort, tmp_path: Path
+    cohort: FeatureCohort, tmp_path: Path
 ) -> None:
     out = tmp_path / "abmil"
     result = train(_config(cohort, out, model="abmil", dim=16, val_fraction=0.0))
@@ -140,7 +140,7 @@ def test_baseline_trains_on_cohort_labels_and_predicts(
     assert prediction.prompt_attention is None
 
 
-def test_same_seed_gives_identical_weights(cohort: SyntheticCohort, tmp_path: Path) -> None:
+def test_same_seed_gives_identical_weights(cohort: FeatureCohort, tmp_path: Path) -> None:
     runs = []
     for name in ("a", "b"):
         train(_config(cohort, tmp_path / name, model="abmil", dim=16, epochs=3))
@@ -165,7 +165,7 @@ class InterruptAfter(L.Callback):
             raise Interrupted
 
 
-def test_resumed_run_matches_an_uninterrupted_one(cohort: SyntheticCohort, tmp_path: Path) -> None:
+def test_resumed_run_matches_an_uninterrupted_one(cohort: FeatureCohort, tmp_path: Path) -> None:
     options = {"epochs": 3, "patience": None}
     whole = tmp_path / "whole"
     train(_config(cohort, whole, **options))
@@ -188,7 +188,7 @@ def test_resumed_run_matches_an_uninterrupted_one(cohort: SyntheticCohort, tmp_p
 
 
 def test_finished_run_is_skipped_mismatch_refused_overwrite_retrains(
-    cohort: SyntheticCohort, tmp_path: Path
+    cohort: FeatureCohort, tmp_path: Path
 ) -> None:
     out = tmp_path / "run"
     first = train(_config(cohort, out, model="mean", dim=16))
@@ -204,7 +204,7 @@ def test_finished_run_is_skipped_mismatch_refused_overwrite_retrains(
 
 
 def test_missing_feature_files_are_skipped_and_reported(
-    cohort: SyntheticCohort, tmp_path: Path
+    cohort: FeatureCohort, tmp_path: Path
 ) -> None:
     rows = read_cohort(cohort.cohort_csv)
     extra = [*rows, type(rows[0])("ghost-1", "LUAD", None, "train")]
@@ -221,7 +221,7 @@ def test_missing_feature_files_are_skipped_and_reported(
 
 
 def test_val_fraction_is_stratified_and_few_shot_uses_no_fraction(
-    cohort: SyntheticCohort, tmp_path: Path
+    cohort: FeatureCohort, tmp_path: Path
 ) -> None:
     rows = read_cohort(cohort.cohort_csv)
     for row in rows:
@@ -237,7 +237,7 @@ def test_val_fraction_is_stratified_and_few_shot_uses_no_fraction(
     assert few.n_val == 0 and few.n_train == 6 and few.monitor is None
 
 
-def test_cli_trains_and_reports_bad_settings(cohort: SyntheticCohort, tmp_path: Path) -> None:
+def test_cli_trains_and_reports_bad_settings(cohort: FeatureCohort, tmp_path: Path) -> None:
     from fivewsi.cli import app
 
     runner = CliRunner()
@@ -256,7 +256,7 @@ def test_cli_trains_and_reports_bad_settings(cohort: SyntheticCohort, tmp_path: 
 
 @pytest.mark.slow
 def test_torchrun_two_cpu_processes_write_one_run(
-    cohort: SyntheticCohort, tmp_path: Path
+    cohort: FeatureCohort, tmp_path: Path
 ) -> None:
     out = tmp_path / "ddp"
     script = tmp_path / "ddp_train.py"

@@ -5,11 +5,13 @@ The package follows the pipeline's stages, one subpackage each:
 - :mod:`fivewsi.slides` — open slides of any format, find tissue, tile it into patches.
 - :mod:`fivewsi.features` — embed patches with a frozen patch encoder into bags of features.
 - :mod:`fivewsi.reports` — pathology reports → fine-grained labels (LLM or offline rules).
-- :mod:`fivewsi.cohort` — cohort and class tables, label parsing, the synthetic cohort.
+- :mod:`fivewsi.cohort` — cohort and class tables, label parsing.
 - :mod:`fivewsi.model` — FiVE (text encoder, prompts, TFS aggregator) and the MIL baselines.
 - :mod:`fivewsi.training` — report pretraining and few-shot fine-tuning (Lightning), runs.
 - :mod:`fivewsi.evaluation` — metrics with bootstrap intervals, the few-shot grid.
 - :mod:`fivewsi.predict` — predictions, heatmaps, GeoJSON and the HTML report.
+- :mod:`fivewsi.synthetic` — synthetic data with a known answer: pixel slides, feature-level
+  and pixel cohorts, their reports (for tests, benchmarks and ``fivewsi demo``).
 
 Example:
     >>> import fivewsi

@@ -21,31 +21,20 @@ from inside the demo folder::
 call, with the same outputs. A rerun reuses finished work (slides, features, trained
 runs); the settings are kept in ``OUT/demo.json`` and a rerun with other settings is refused.
 
-What the synthetic slides carry (so that the default ``he-handcrafted`` encoder can tell the
-classes apart): one tumour focus per slide whose nuclei depend on the class — LUAD: many small,
-moderately dark, gland-like crowded nuclei in pale stroma; LUSC: fewer, large, very dark
-pleomorphic nuclei in eosin-rich (keratinising) stroma — scaled by the differentiation the
-slide was drawn with (poorly differentiated: larger, darker nuclei), and satellite foci around
-it when the slide has spread through air spaces (STAS). The other report fields live in the
-reports only. The categories come from the synthetic cohort's class-conditional tables
-(:mod:`fivewsi.cohort.synthetic`), so LUSC leans poorly differentiated and LUAD towards STAS;
-each report leaves some fields unsaid.
+The data is a synthetic pixel cohort written by
+:func:`fivewsi.synthetic.pixel_cohort.write_pixel_cohort` into ``OUT/data`` (what its slides
+carry, and why the default ``he-handcrafted`` encoder can tell the classes apart, is told
+there).
 
 Example:
-    >>> import tempfile, pathlib
-    >>> data = write_demo_data(pathlib.Path(tempfile.mkdtemp()), n_train=2, n_test=2, shots=1,
-    ...                        width=1024, height=768)
-    >>> [p.name for p in (data.slides_csv, data.reports_csv, data.classes_csv)]
-    ['slides.csv', 'reports.csv', 'classes.csv']
+    >>> SIZES["small"].n_train, SIZES["small"].shots
+    (6, 2)
 """
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import logging
-import math
 import os
 import time
 from dataclasses import asdict, dataclass, field
@@ -57,37 +46,16 @@ from fivewsi.errors import DemoStageError
 if TYPE_CHECKING:  # heavy modules load only when the demo runs
     from collections.abc import Callable
 
-    import numpy as np
-
     from fivewsi.cohort.merge import MergeSummary
     from fivewsi.evaluation.evaluate import EvaluationResult
     from fivewsi.features.preprocess import PreprocessResult
     from fivewsi.predict.predict import PredictResult
     from fivewsi.reports.pipeline import ExtractSummary
-    from fivewsi.slides.synthetic import SignalRegion
+    from fivewsi.synthetic.pixel_cohort import PixelCohort
     from fivewsi.training.train import TrainResult
 
 log = logging.getLogger(__name__)
 
-CLASSES = ("LUAD", "LUSC")
-
-#: Tumour nuclei and stroma per class, as multipliers of the normal tissue (see SignalRegion).
-CLASS_STYLES: dict[str, dict[str, float]] = {
-    # crowded small gland-forming nuclei, little eosin
-    "LUAD": {"density": 3.6, "size": 1.05, "darkness": 1.15, "eosin": 0.7},
-    # large pleomorphic hyperchromatic nuclei in keratinising, eosin-rich stroma
-    "LUSC": {"density": 1.7, "size": 2.0, "darkness": 1.5, "eosin": 1.5},
-}
-#: (size, darkness, density) multipliers of the class style per differentiation category.
-DIFFERENTIATION_STYLES: dict[str, tuple[float, float, float]] = {
-    "well": (0.9, 0.92, 1.05),
-    "well_to_moderate": (0.95, 0.96, 1.0),
-    "moderate": (1.0, 1.0, 1.0),
-    "moderate_to_poor": (1.08, 1.06, 0.95),
-    "poor": (1.16, 1.12, 0.9),
-    "undifferentiated": (1.25, 1.18, 0.85),
-    "mixed": (1.05, 1.04, 1.0),
-}
 
 
 @dataclass(frozen=True)
@@ -123,34 +91,6 @@ SIZES: dict[str, DemoSize] = {
 }
 
 
-@dataclass
-class DemoSlide:
-    """One synthetic slide and what was drawn for it."""
-
-    slide_id: str
-    label: str
-    split: str
-    labelled: bool
-    categories: dict[str, str]
-    reported: dict[str, str] | None  # None: the slide has no report
-    path: Path
-
-
-@dataclass
-class DemoData:
-    """What :func:`write_demo_data` wrote."""
-
-    root: Path
-    slides_dir: Path
-    slides_csv: Path
-    reports_csv: Path
-    classes_csv: Path
-    slides: list[DemoSlide]
-
-    def split(self, name: str) -> list[DemoSlide]:
-        """The slides of one split (``train`` or ``test``)."""
-        return [s for s in self.slides if s.split == name]
-
 
 @dataclass
 class DemoStep:
@@ -167,7 +107,7 @@ class DemoResult:
     """Everything the demo produced."""
 
     out: Path
-    data: DemoData | None = None
+    data: PixelCohort | None = None
     steps: list[DemoStep] = field(default_factory=list)
     labels: ExtractSummary | None = None
     merge: MergeSummary | None = None
@@ -194,169 +134,6 @@ class DemoResult:
 
 class DemoError(DemoStageError, RuntimeError):
     """The demo folder holds a demo made with other settings."""
-
-
-# --- data ----------------------------------------------------------------------------------------
-
-
-def write_demo_data(
-    out: str | os.PathLike[str],
-    *,
-    n_train: int = 24,
-    n_test: int = 16,
-    shots: int = 4,
-    seed: int = 0,
-    width: int = 3072,
-    height: int = 2048,
-    missing_report_every: int = 8,
-) -> DemoData:
-    """Write the demo's inputs into ``out/data``: what a user would bring.
-
-    - ``slides/<slide_id>.tif``: pyramidal JPEG TIFFs at 0.5 µm/px (existing files are kept:
-      the same arguments give the same pixels).
-    - ``reports.csv``: ``slide_id, report`` — a prose report per slide, except every
-      ``missing_report_every``-th training slide (a report that never arrived).
-    - ``slides.csv``: ``slide_id, label, split`` — labels for ``shots`` training slides per
-      class and for every test slide; the other training slides are known by their report only.
-    - ``classes.csv``: ``name, description`` of LUAD and LUSC.
-
-    Deterministic in ``seed``. Slide ids are ``demo-000``, ... in a shuffled class order.
-
-    Raises:
-        ValueError: sizes that leave a split without both classes, or too few training slides
-            for the shots.
-
-    Example:
-        >>> import tempfile, pathlib
-        >>> data = write_demo_data(pathlib.Path(tempfile.mkdtemp()), n_train=4, n_test=2,
-        ...                        shots=1, width=1024, height=768)
-        >>> sorted(s.label for s in data.split("train") if s.labelled)
-        ['LUAD', 'LUSC']
-    """
-    import numpy as np
-
-    from fivewsi.cohort.synthetic import class_descriptions, draw_categories, report_text
-    from fivewsi.cohort.table import write_classes
-    from fivewsi.utils.atomic import write_text_atomic
-
-    if n_train < 2 * shots or shots < 1 or n_test < 2:
-        raise ValueError(
-            f"need shots >= 1, n_train >= 2 * shots and n_test >= 2 (both classes in each "
-            f"split); got n_train={n_train}, n_test={n_test}, shots={shots}"
-        )
-    root = Path(out) / "data"
-    slides_dir = root / "slides"
-    slides_dir.mkdir(parents=True, exist_ok=True)
-    master = np.random.default_rng([seed, 7])
-    plan = []
-    for split, n in (("train", n_train), ("test", n_test)):
-        labels = [CLASSES[i % 2] for i in range(n)]
-        plan += [(split, labels[i]) for i in master.permutation(n)]
-    digits = max(3, len(str(len(plan) - 1)))
-    slides: list[DemoSlide] = []
-    shots_left = dict.fromkeys(CLASSES, shots)
-    n_train_seen = 0
-    for index, (split, label) in enumerate(plan):
-        rng = np.random.default_rng([seed, 11, index])
-        categories = draw_categories(label, rng)
-        reported = {k: ("unknown" if rng.random() < 0.3 else c) for k, c in categories.items()}
-        labelled = split == "test"
-        if split == "train":
-            n_train_seen += 1
-            if shots_left[label]:
-                labelled, shots_left[label] = True, shots_left[label] - 1
-            if missing_report_every and n_train_seen % missing_report_every == 0:
-                reported = None
-        slide_id = f"demo-{index:0{digits}d}"
-        slides.append(DemoSlide(slide_id, label, split, labelled, categories, reported,
-                                slides_dir / f"{slide_id}.tif"))
-    _write_slides(slides, seed, width, height)
-
-    reports = []
-    for index, slide in enumerate(slides):
-        if slide.reported is not None:
-            rng = np.random.default_rng([seed, 13, index])
-            reports.append([slide.slide_id, report_text(slide.label, slide.reported, rng)])
-    reports_csv = root / "reports.csv"
-    write_text_atomic(reports_csv, _csv_text(["slide_id", "report"], reports))
-    slides_csv = root / "slides.csv"
-    rows = [[s.slide_id, s.label if s.labelled else "", s.split] for s in slides]
-    write_text_atomic(slides_csv, _csv_text(["slide_id", "label", "split"], rows))
-    classes_csv = root / "classes.csv"
-    write_classes(class_descriptions(), classes_csv)
-    log.info("demo data: %d slides (%d train, %d with a label; %d test), %d reports in %s",
-             len(slides), n_train, sum(s.labelled for s in slides if s.split == "train"),
-             n_test, len(reports), root)
-    return DemoData(root, slides_dir, slides_csv, reports_csv, classes_csv, slides)
-
-
-def demo_regions(
-    label: str, categories: dict[str, str], rng: np.random.Generator, width: int, height: int
-) -> list[SignalRegion]:
-    """The tumour focus of a slide (class and differentiation style) and its STAS satellites.
-
-    Example:
-        >>> import numpy as np
-        >>> cats = {"differentiation": "poor", "stas": "present"}
-        >>> regions = demo_regions("LUSC", cats, np.random.default_rng(0), 3072, 2048)
-        >>> len(regions) > 1, regions[0].size > CLASS_STYLES["LUSC"]["size"]
-        (True, True)
-    """
-    from fivewsi.slides.synthetic import SignalRegion
-
-    style = dict(CLASS_STYLES[label])
-    size, darkness, density = DIFFERENTIATION_STYLES.get(
-        categories.get("differentiation", "moderate"), (1.0, 1.0, 1.0)
-    )
-    style["size"] *= size
-    style["darkness"] *= darkness
-    style["density"] *= density
-    side = min(width, height)
-    radius = side * rng.uniform(0.19, 0.25)
-    x = width * rng.uniform(0.38, 0.62)
-    y = height * rng.uniform(0.38, 0.62)
-    regions = [SignalRegion(x, y, radius, **style)]
-    if categories.get("stas") == "present":
-        for _ in range(int(rng.integers(3, 6))):
-            angle = rng.uniform(0, 2 * math.pi)
-            distance = radius * rng.uniform(1.3, 1.7)
-            regions.append(SignalRegion(x + distance * math.cos(angle),
-                                        y + distance * math.sin(angle),
-                                        radius * rng.uniform(0.12, 0.2), **style))
-    return regions
-
-
-def _write_slides(slides: list[DemoSlide], seed: int, width: int, height: int) -> None:
-    """Write the missing slide files, two at a time (the writer is mostly numpy and cv2)."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    import numpy as np
-
-    from fivewsi.slides.synthetic import write_synthetic_slide
-
-    def write(item: tuple[int, DemoSlide]) -> None:
-        index, slide = item
-        rng = np.random.default_rng([seed, 17, index])
-        regions = demo_regions(slide.label, slide.categories, rng, width, height)
-        write_synthetic_slide(slide.path, width=width, height=height, mpp=0.5,
-                              seed=seed * 100_003 + index, regions=regions,
-                              pen_mark="blue" if index % 11 == 5 else False)
-
-    todo = [(i, s) for i, s in enumerate(slides) if not s.path.exists()]
-    if not todo:
-        return
-    started = time.perf_counter()
-    with ThreadPoolExecutor(max(1, min(2, os.cpu_count() or 1))) as pool:
-        list(pool.map(write, todo))
-    log.info("wrote %d synthetic slides in %.1f s", len(todo), time.perf_counter() - started)
-
-
-def _csv_text(header: list[str], rows: list[list[str]]) -> str:
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(header)
-    writer.writerows(rows)
-    return buffer.getvalue()
 
 
 # --- the pipeline --------------------------------------------------------------------------------
@@ -406,9 +183,11 @@ def run_demo(
         log.info("%s done in %.1f s: %s", name, record.seconds, record.outcome)
 
     def data() -> str:
-        result.data = write_demo_data(out, n_train=spec.n_train, n_test=spec.n_test,
-                                      shots=spec.shots, seed=seed, width=spec.width,
-                                      height=spec.height)
+        from fivewsi.synthetic.pixel_cohort import write_pixel_cohort
+
+        result.data = write_pixel_cohort(out / "data", n_train=spec.n_train,
+                                         n_test=spec.n_test, shots=spec.shots, seed=seed,
+                                         width=spec.width, height=spec.height)
         return f"{len(result.data.slides)} slides, reports, slide table, classes in data/"
 
     log.info("demo folder: %s (commands below run inside it)", out)

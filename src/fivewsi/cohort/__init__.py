@@ -2,7 +2,6 @@
 
 - :mod:`fivewsi.cohort.table` — ``cohort.csv`` and ``classes.csv`` (read, write, check).
 - :mod:`fivewsi.cohort.labels` — fine-grained labels as parts, and FiVE's label augmentation.
-- :mod:`fivewsi.cohort.synthetic` — a synthetic LUAD / LUSC cohort with known ground truth.
 
 Example:
     >>> from fivewsi.cohort import CohortRow
@@ -15,7 +14,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-# Imported on first use: the synthetic cohort pulls in h5py, which table users do not need.
+# Imported on first use, so that importing one module does not load the others.
 _EXPORTS = {
     "ClassDescription": "fivewsi.cohort.table",
     "CohortError": "fivewsi.cohort.table",
@@ -29,11 +28,6 @@ _EXPORTS = {
     "augment_label": "fivewsi.cohort.labels",
     "parse_report_label": "fivewsi.cohort.labels",
     "sample_drop_keys": "fivewsi.cohort.labels",
-    "SyntheticCohort": "fivewsi.cohort.synthetic",
-    "SyntheticSlide": "fivewsi.cohort.synthetic",
-    "class_descriptions": "fivewsi.cohort.synthetic",
-    "load_truth": "fivewsi.cohort.synthetic",
-    "make_synthetic_cohort": "fivewsi.cohort.synthetic",
 }
 
 if TYPE_CHECKING:
@@ -42,13 +36,6 @@ if TYPE_CHECKING:
         augment_label,
         parse_report_label,
         sample_drop_keys,
-    )
-    from fivewsi.cohort.synthetic import (
-        SyntheticCohort,
-        SyntheticSlide,
-        class_descriptions,
-        load_truth,
-        make_synthetic_cohort,
     )
     from fivewsi.cohort.table import (
         ClassDescription,
@@ -77,13 +64,8 @@ __all__ = [
     "CohortError",
     "CohortRow",
     "LabelPart",
-    "SyntheticCohort",
-    "SyntheticSlide",
     "augment_label",
     "check_labels",
-    "class_descriptions",
-    "load_truth",
-    "make_synthetic_cohort",
     "parse_report_label",
     "read_classes",
     "read_cohort",

@@ -18,7 +18,6 @@ from fivewsi.slides.readers import (
     open_slide,
     slide_id_from_path,
 )
-from fivewsi.slides.synthetic import SignalRegion, SyntheticSlide, write_synthetic_slide
 from fivewsi.slides.tiling import Tiling, tile_slide
 from fivewsi.slides.tissue import TissueParams, detect_tissue
 
@@ -27,10 +26,8 @@ __all__ = [
     "FallbackTiffReader",
     "OpenSlideReader",
     "PillowReader",
-    "SignalRegion",
     "SlideError",
     "SlideReader",
-    "SyntheticSlide",
     "Tiling",
     "TissueParams",
     "detect_tissue",
@@ -39,5 +36,4 @@ __all__ = [
     "save_qc_image",
     "slide_id_from_path",
     "tile_slide",
-    "write_synthetic_slide",
 ]

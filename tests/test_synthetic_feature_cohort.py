@@ -1,4 +1,4 @@
-"""The synthetic LUAD / LUSC cohort: files, ground truth, reports, determinism, difficulty."""
+"""The feature-level synthetic cohort: files, ground truth, reports, determinism, difficulty."""
 
 from __future__ import annotations
 
@@ -7,32 +7,31 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fivewsi.cohort import (
-    check_labels,
-    class_descriptions,
-    load_truth,
-    make_synthetic_cohort,
-    parse_report_label,
-    read_classes,
-    read_cohort,
-)
-from fivewsi.cohort.synthetic import CLASSES, FIELDS, SyntheticCohort
+from fivewsi.cohort import check_labels, parse_report_label, read_classes, read_cohort
 from fivewsi.features.bags import load_bag
 from fivewsi.reports.questions import load_question_set
 from fivewsi.reports.render import render_label
 from fivewsi.reports.rules import extract_rules
 from fivewsi.reports.schema import UNKNOWN
+from fivewsi.synthetic import (
+    CLASSES,
+    FIELDS,
+    FeatureCohort,
+    class_descriptions,
+    load_truth,
+    make_feature_cohort,
+)
 
 QS = load_question_set("lung")
 SMALL = {"n_train": 24, "n_test": 12, "dim": 16, "n_patches": (80, 160)}
 
 
 @pytest.fixture(scope="module")
-def small(tmp_path_factory: pytest.TempPathFactory) -> SyntheticCohort:
-    return make_synthetic_cohort(tmp_path_factory.mktemp("small"), seed=3, **SMALL)
+def small(tmp_path_factory: pytest.TempPathFactory) -> FeatureCohort:
+    return make_feature_cohort(tmp_path_factory.mktemp("small"), seed=3, **SMALL)
 
 
-def test_files_and_tables(small: SyntheticCohort) -> None:
+def test_files_and_tables(small: FeatureCohort) -> None:
     rows = read_cohort(small.cohort_csv)
     classes = read_classes(small.classes_csv)
     assert [c.name for c in classes] == list(CLASSES)
@@ -53,7 +52,7 @@ def test_files_and_tables(small: SyntheticCohort) -> None:
         assert "luad" not in row.slide_id.lower() and "lusc" not in row.slide_id.lower()
 
 
-def test_bags_follow_the_trident_layout(small: SyntheticCohort) -> None:
+def test_bags_follow_the_trident_layout(small: FeatureCohort) -> None:
     for slide in small.slides[:8]:
         bag = load_bag(small.features_dir / f"{slide.slide_id}.h5")
         assert bag.slide_id == slide.slide_id
@@ -88,7 +87,7 @@ def _connected(cells: set[tuple[int, int]]) -> bool:
 
 
 def test_tumour_region_is_small_contiguous_and_at_the_edge_when_invaded(
-    small: SyntheticCohort,
+    small: FeatureCohort,
 ) -> None:
     for slide in small.slides:
         coords = load_bag(small.features_dir / f"{slide.slide_id}.h5").coords // 256
@@ -106,7 +105,7 @@ def test_tumour_region_is_small_contiguous_and_at_the_edge_when_invaded(
             assert touches_glass
 
 
-def test_truth_file_matches(small: SyntheticCohort) -> None:
+def test_truth_file_matches(small: FeatureCohort) -> None:
     truth = load_truth(small.root)
     assert set(truth) == {s.slide_id for s in small.slides}
     for slide in small.slides:
@@ -119,21 +118,21 @@ def test_truth_file_matches(small: SyntheticCohort) -> None:
             assert slide.reported[key] in (slide.categories[key], UNKNOWN)
 
 
-def test_reports_read_back_to_the_reported_categories(small: SyntheticCohort) -> None:
+def test_reports_read_back_to_the_reported_categories(small: FeatureCohort) -> None:
     for slide in small.slides:
         text = (small.reports_dir / f"{slide.slide_id}.txt").read_text(encoding="utf-8")
         answers = extract_rules(text, QS)
         assert {k: a.category for k, a in answers.items()} == slide.reported, text
 
 
-def test_report_labels_parse_back(small: SyntheticCohort) -> None:
+def test_report_labels_parse_back(small: FeatureCohort) -> None:
     for slide in small.slides:
         parts = parse_report_label(slide.report_label, QS)
         assert [p.key for p in parts] == [k for k in QS.keys if slide.reported[k] != UNKNOWN]
 
 
-def test_deterministic_for_a_seed(tmp_path: Path, small: SyntheticCohort) -> None:
-    again = make_synthetic_cohort(tmp_path / "again", seed=3, **SMALL)
+def test_deterministic_for_a_seed(tmp_path: Path, small: FeatureCohort) -> None:
+    again = make_feature_cohort(tmp_path / "again", seed=3, **SMALL)
     assert again.cohort_csv.read_bytes() == small.cohort_csv.read_bytes()
     assert again.classes_csv.read_bytes() == small.classes_csv.read_bytes()
     assert again.truth_json.read_bytes() == small.truth_json.read_bytes()
@@ -143,7 +142,7 @@ def test_deterministic_for_a_seed(tmp_path: Path, small: SyntheticCohort) -> Non
         assert np.array_equal(a.features, b.features) and np.array_equal(a.coords, b.coords)
         name = f"{slide.slide_id}.txt"
         assert (small.reports_dir / name).read_text() == (again.reports_dir / name).read_text()
-    other = make_synthetic_cohort(tmp_path / "other", seed=4, **SMALL)
+    other = make_feature_cohort(tmp_path / "other", seed=4, **SMALL)
     first = small.slides[0].slide_id
     assert not np.array_equal(
         load_bag(small.features_dir / f"{first}.h5").features[:10],
@@ -153,20 +152,20 @@ def test_deterministic_for_a_seed(tmp_path: Path, small: SyntheticCohort) -> Non
 
 def test_unknown_rate_and_test_reports(tmp_path: Path) -> None:
     kw = {"n_train": 6, "n_test": 4, "dim": 8, "n_patches": (60, 80)}
-    full = make_synthetic_cohort(tmp_path / "full", unknown_rate=0.0, test_reports=True, **kw)
+    full = make_feature_cohort(tmp_path / "full", unknown_rate=0.0, test_reports=True, **kw)
     rows = read_cohort(full.cohort_csv)
     assert all(r.report_label and len(r.report_label.split("; ")) == 6 for r in rows)
-    silent = make_synthetic_cohort(tmp_path / "silent", unknown_rate=1.0, **kw)
+    silent = make_feature_cohort(tmp_path / "silent", unknown_rate=1.0, **kw)
     assert all(r.report_label is None for r in read_cohort(silent.cohort_csv))
     assert all(set(s.reported.values()) == {UNKNOWN} for s in silent.slides)
 
 
 def test_overwrite(tmp_path: Path) -> None:
     kw = {"dim": 8, "n_patches": (60, 80)}
-    make_synthetic_cohort(tmp_path, n_train=6, n_test=4, **kw)
+    make_feature_cohort(tmp_path, n_train=6, n_test=4, **kw)
     with pytest.raises(FileExistsError, match="overwrite=True"):
-        make_synthetic_cohort(tmp_path, n_train=6, n_test=4, **kw)
-    cohort = make_synthetic_cohort(tmp_path, n_train=4, n_test=2, overwrite=True, **kw)
+        make_feature_cohort(tmp_path, n_train=6, n_test=4, **kw)
+    cohort = make_feature_cohort(tmp_path, n_train=4, n_test=2, overwrite=True, **kw)
     kept = {s.slide_id for s in cohort.slides}
     assert {p.stem for p in cohort.features_dir.glob("*.h5")} == kept
     assert {p.stem for p in cohort.reports_dir.glob("*.txt")} == kept
@@ -184,7 +183,7 @@ def test_overwrite(tmp_path: Path) -> None:
 )
 def test_bad_arguments(tmp_path: Path, kwargs: dict, match: str) -> None:
     with pytest.raises(ValueError, match=match):
-        make_synthetic_cohort(tmp_path, **kwargs)
+        make_feature_cohort(tmp_path, **kwargs)
 
 
 def test_class_descriptions_use_the_label_phrases() -> None:
@@ -194,7 +193,7 @@ def test_class_descriptions_use_the_label_phrases() -> None:
     assert "synthetic" not in (luad.description + lusc.description).lower()
 
 
-def _pooled(cohort: SyntheticCohort, split: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _pooled(cohort: FeatureCohort, split: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     means, oracle, labels = [], [], []
     for slide in cohort.split(split):
         features = load_bag(cohort.features_dir / f"{slide.slide_id}.h5").features
@@ -208,7 +207,7 @@ def test_difficulty_few_labels_need_the_region(tmp_path: Path) -> None:
     """8 labelled slides per class: mean pooling stays near chance, the tumour region does not."""
     from sklearn.linear_model import LogisticRegression
 
-    cohort = make_synthetic_cohort(tmp_path, n_train=40, n_test=80, n_patches=(200, 400),
+    cohort = make_feature_cohort(tmp_path, n_train=40, n_test=80, n_patches=(200, 400),
                                    seed=11)
     m_tr, o_tr, y_tr = _pooled(cohort, "train")
     m_te, o_te, y_te = _pooled(cohort, "test")

@@ -1,7 +1,7 @@
-"""Synthetic H&E-like whole-slide images, written as pyramidal JPEG TIFFs that OpenSlide opens.
+"""Synthetic H&E-like pixel slides, written as pyramidal JPEG TIFFs that OpenSlide opens.
 
 Tests, benchmarks and the demo need slides with known content and no licensing strings
-attached. :func:`write_synthetic_slide` paints one: near-white glass, a few irregular tissue
+attached. :func:`write_pixel_slide` paints one: near-white glass, a few irregular tissue
 islands with holes, pink eosin stroma with fibres, purple nuclei (denser in some places),
 optionally a green or blue pen circle and "signal regions" whose nuclei are denser, larger and
 darker (a tumour-like focus a classifier can learn).
@@ -11,11 +11,11 @@ signal in the nuclei and saturation / Otsu tissue detection separates tissue fro
 
 Memory stays bounded whatever the size: the layout lives in low-resolution maps (about 1/16
 scale, at most ~2048 px a side), textures come from small periodic banks indexed by level-0
-coordinates, nuclei are drawn per 256 px cell from an RNG seeded by (seed, cell), and the slide is
-produced one tile row at a time. :func:`write_pyramid_tiff` encodes each tile row and downsamples
-it into the next level on the fly (encoded lower levels wait in an anonymous temporary file), so
-only a few tile rows are ever in memory. Pixels depend only on the options, never on the tile
-size used to write them, and the same options give the same file bytes.
+coordinates, nuclei are drawn per 256 px cell from an RNG seeded by (seed, cell), and the slide
+is produced one tile row at a time, which :func:`~fivewsi.synthetic.tiff.write_pyramid_tiff`
+encodes and downsamples on the fly, so only a few tile rows are ever in memory. Pixels depend
+only on the options, never on the tile size used to write them, and the same options give the
+same file bytes.
 
 Speed (one core of this project's 2-core container): a 4096 x 3072 slide with 4 levels takes
 about 0.4 s (0.6 s when the machine is busy) and is ~2 MB; 1024 x 768 takes ~0.06 s.
@@ -24,7 +24,7 @@ Example:
     >>> import tempfile, pathlib
     >>> from fivewsi.slides import open_slide
     >>> path = pathlib.Path(tempfile.mkdtemp()) / "synthetic.tif"
-    >>> _ = write_synthetic_slide(path, width=1024, height=768, seed=1, pen_mark=True)
+    >>> _ = write_pixel_slide(path, width=1024, height=768, seed=1, pen_mark=True)
     >>> with open_slide(path) as slide:
     ...     slide.vendor, slide.dimensions, slide.mpp, slide.level_count
     ('generic-tiff', (1024, 768), 0.5, 2)
@@ -36,19 +36,16 @@ import functools
 import logging
 import math
 import os
-import tempfile
 import time
-from collections.abc import Iterable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from contextlib import ExitStack
-from dataclasses import dataclass, fields, replace
+from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Any, NamedTuple
+from typing import Any
 
 import cv2
 import numpy as np
 
-from fivewsi.utils.atomic import atomic_path
+from fivewsi.synthetic.slide_spec import PEN_INKS, PixelSlideSpec, resolve_spec
+from fivewsi.synthetic.tiff import write_pyramid_tiff
 
 log = logging.getLogger(__name__)
 
@@ -57,139 +54,11 @@ log = logging.getLogger(__name__)
 # which makes stroma pink instead of magenta).
 _HEMATOXYLIN = np.array([0.650, 0.704, 0.286], dtype=np.float32)
 _EOSIN = np.array([0.24, 0.83, 0.50], dtype=np.float32)
-_PEN_INKS = {
-    "green": np.array([1.05, 0.30, 0.85], dtype=np.float32),
-    "blue": np.array([0.95, 0.60, 0.08], dtype=np.float32),
-}
 _GLASS = np.array([240.0, 238.0, 242.0], dtype=np.float32)
 
 _CELL = 256  # level-0 px per nucleus cell; fixed so pixels do not depend on the tile size
 _LOWRES_MAX_SIDE = 2048  # cap on the layout maps, which bounds memory for huge slides
 _BANK_PAD_MIN = 512  # texture banks are padded so any region up to this size is a plain slice
-
-
-@dataclass(frozen=True)
-class SignalRegion:
-    """A round focus whose nuclei differ from the rest: the hook for class-specific content.
-
-    Coordinates and radius are level-0 pixels; the edge is soft and slightly irregular. The
-    region is always tissue (it is added to the tissue mask). The multipliers apply in full
-    within 3/4 of the radius and fade to 1 at the radius. Use :meth:`styled` for presets.
-
-    Example:
-        >>> SignalRegion.styled(2000, 1500, 300, "tumour").density
-        3.0
-    """
-
-    x: float
-    y: float
-    radius: float
-    density: float = 3.0  # nuclei per area
-    size: float = 1.5  # nucleus diameter
-    darkness: float = 1.3  # haematoxylin optical density of nuclei
-    eosin: float = 0.8  # eosin optical density of the stroma
-
-    @classmethod
-    def styled(cls, x: float, y: float, radius: float, style: str = "tumour") -> SignalRegion:
-        """A region with the multipliers of a preset from :data:`REGION_STYLES`."""
-        try:
-            preset = REGION_STYLES[style]
-        except KeyError:
-            known = sorted(REGION_STYLES)
-            raise ValueError(f"unknown region style {style!r}; use one of {known}") from None
-        return cls(x, y, radius, **preset)
-
-
-#: Presets for :meth:`SignalRegion.styled`: tumour-like (dense, large, dark, pleomorphic),
-#: lymphocytic (very dense, small, very dark) and hypocellular stroma (few nuclei, more eosin).
-REGION_STYLES: dict[str, dict[str, float]] = {
-    "tumour": {"density": 3.0, "size": 1.5, "darkness": 1.3, "eosin": 0.8},
-    "lymphocytic": {"density": 4.0, "size": 0.7, "darkness": 1.6, "eosin": 0.7},
-    "stroma": {"density": 0.25, "size": 1.0, "darkness": 1.0, "eosin": 1.3},
-}
-
-
-def _as_region(item: SignalRegion | Sequence[Any]) -> SignalRegion:
-    """Accept a :class:`SignalRegion` or an ``(x, y, radius[, style])`` tuple."""
-    if isinstance(item, SignalRegion):
-        return item
-    x, y, radius, *rest = item
-    return SignalRegion.styled(float(x), float(y), float(radius), *(str(r) for r in rest[:1]))
-
-
-@dataclass(frozen=True)
-class SyntheticSlide:
-    """Everything that determines a synthetic slide; equal options give equal pixels.
-
-    Attributes:
-        width, height: level-0 size in pixels.
-        mpp: microns per pixel written to the resolution tags; None writes none (to test the
-            user-supplied mpp fallback). Biological sizes (nuclei, fibres) follow it.
-        seed: all randomness derives from it.
-        tile: TIFF tile side (multiple of 16); does not change the pixels.
-        levels: pyramid levels including level 0; None adds halved levels until the smaller side
-            of the last one is below ``min_level_side``.
-        n_islands: number of tissue fragments.
-        tissue_fraction: rough share of the slide covered by tissue before overlaps and holes.
-        nuclei_density: multiplier on the number of nuclei everywhere.
-        pen_mark: False, True (green), "green" or "blue": a thick ink circle around an island.
-        regions: signal regions, as :class:`SignalRegion` or ``(x, y, radius[, style])`` tuples;
-            stored as a tuple of :class:`SignalRegion`.
-        jpeg_quality: JPEG quality of the tiles.
-        objective_power: recorded in the ImageDescription only (generic TIFF has no such tag).
-    """
-
-    width: int = 4096
-    height: int = 3072
-    mpp: float | None = 0.5
-    seed: int = 0
-    tile: int = 256
-    levels: int | None = None
-    min_level_side: int = 512
-    n_islands: int = 4
-    tissue_fraction: float = 0.35
-    nuclei_density: float = 1.0
-    pen_mark: bool | str = False
-    regions: Sequence[SignalRegion | Sequence[Any]] = ()
-    jpeg_quality: int = 85
-    objective_power: float | None = None
-
-    def __post_init__(self) -> None:
-        if self.width < 64 or self.height < 64:
-            raise ValueError(f"slide must be at least 64 x 64 px, got {self.width} x {self.height}")
-        if self.tile < 16 or self.tile % 16:
-            raise ValueError(f"tile must be a positive multiple of 16, got {self.tile}")
-        if self.mpp is not None and self.mpp <= 0:
-            raise ValueError(f"mpp must be positive, got {self.mpp}")
-        if self.n_islands < 1:
-            raise ValueError("n_islands must be at least 1")
-        if self.pen_mark not in (False, True, *_PEN_INKS):
-            raise ValueError(f"pen_mark must be a bool or one of {sorted(_PEN_INKS)}")
-        object.__setattr__(self, "regions", tuple(_as_region(r) for r in self.regions))
-
-    @property
-    def pen_ink(self) -> str | None:
-        """Name of the pen ink, or None without a pen mark."""
-        if self.pen_mark is False:
-            return None
-        return "green" if self.pen_mark is True else str(self.pen_mark)
-
-    @property
-    def physical_mpp(self) -> float:
-        """Microns per pixel used for biological sizes (0.5 when no mpp is written)."""
-        return self.mpp if self.mpp is not None else 0.5
-
-    def description(self) -> str:
-        """The ImageDescription text: a readable record of the options."""
-        parts = [f"fivewsi synthetic H&E slide {self.width}x{self.height}", f"seed = {self.seed}"]
-        if self.mpp is not None:
-            parts.append(f"MPP = {self.mpp:g}")
-        if self.objective_power is not None:
-            parts.append(f"AppMag = {self.objective_power:g}")
-        if self.pen_ink:
-            parts.append(f"pen = {self.pen_ink}")
-        parts.extend(f"region = {r.x:g},{r.y:g},{r.radius:g}" for r in self.regions)
-        return "|".join(parts)
 
 
 # --------------------------------------------------------------------------------------------
@@ -213,7 +82,7 @@ def _smoothstep(values: np.ndarray) -> np.ndarray:
 class _Layout:
     """Low-resolution maps of one slide plus its per-cell nuclei; renders any region."""
 
-    def __init__(self, spec: SyntheticSlide) -> None:
+    def __init__(self, spec: PixelSlideSpec) -> None:
         self.spec = spec
         self.scale = max(16, math.ceil(max(spec.width, spec.height) / _LOWRES_MAX_SIDE))
         self.grid = (
@@ -427,7 +296,7 @@ class _Layout:
 
 def _mixing_matrix(pen_ink: str | None) -> np.ndarray:
     """3 x 5 affine map from (haematoxylin, eosin, ink, noise) to log RGB."""
-    ink = _PEN_INKS[pen_ink] if pen_ink else np.zeros(3, np.float32)
+    ink = PEN_INKS[pen_ink] if pen_ink else np.zeros(3, np.float32)
     noise = np.full(3, 1.5 / 240.0, np.float32)  # about 1.5 grey levels on glass
     columns = [-_HEMATOXYLIN, -_EOSIN, -ink, noise, np.log(_GLASS)]
     return np.stack(columns, axis=1).astype(np.float32)
@@ -445,7 +314,7 @@ class _Textures:
     seamlessly across tile borders. Banks of different sizes avoid a visible common period.
     """
 
-    def __init__(self, spec: SyntheticSlide, pad: int) -> None:
+    def __init__(self, spec: PixelSlideSpec, pad: int) -> None:
         rng = np.random.default_rng([spec.seed, 2])
         mpp = spec.physical_mpp
         angle = rng.uniform(0, math.pi)
@@ -493,27 +362,19 @@ def _periodic_noise(
     return (noise / max(float(noise.std()), 1e-12)).astype(np.float32)
 
 
-def _resolve_spec(spec: SyntheticSlide | None, options: dict[str, Any]) -> SyntheticSlide:
-    spec = spec if spec is not None else SyntheticSlide()
-    known = {f.name for f in fields(SyntheticSlide)}
-    unknown = sorted(set(options) - known)
-    if unknown:
-        raise TypeError(f"unknown synthetic slide option(s): {', '.join(unknown)}")
-    return replace(spec, **options) if options else spec
-
 
 def render_region(
-    x: int, y: int, w: int, h: int, /, spec: SyntheticSlide | None = None, **options: Any
+    x: int, y: int, w: int, h: int, /, spec: PixelSlideSpec | None = None, **options: Any
 ) -> np.ndarray:
     """Level-0 pixels (x, y, w, h) of a synthetic slide, without writing it or JPEG loss.
 
-    ``spec`` and ``options`` are as for :func:`write_synthetic_slide`.
+    ``spec`` and ``options`` are as for :func:`write_pixel_slide`.
 
     Example:
         >>> render_region(0, 0, 64, 32, width=512, height=512, seed=1).shape
         (32, 64, 3)
     """
-    layout = _Layout(_resolve_spec(spec, options))
+    layout = _Layout(resolve_spec(spec, options))
     return _render_large(layout, x, y, w, h)
 
 
@@ -536,25 +397,25 @@ def _synthetic_rows(layout: _Layout) -> Iterator[np.ndarray]:
         yield _render_large(layout, 0, y, spec.width, h)
 
 
-def write_synthetic_slide(
-    path: str | os.PathLike[str], spec: SyntheticSlide | None = None, **options: Any
+def write_pixel_slide(
+    path: str | os.PathLike[str], spec: PixelSlideSpec | None = None, **options: Any
 ) -> Path:
     """Write a synthetic H&E pyramidal TIFF atomically and return its path.
 
     Args:
         path: output file (``.tif``); its folder is created.
-        spec: a :class:`SyntheticSlide`; None uses the defaults.
-        **options: :class:`SyntheticSlide` fields overriding ``spec`` (``width``, ``seed``,
+        spec: a :class:`PixelSlideSpec`; None uses the defaults.
+        **options: :class:`PixelSlideSpec` fields overriding ``spec`` (``width``, ``seed``,
             ``pen_mark``, ``regions``, ...).
 
     Example:
         >>> import tempfile, pathlib
         >>> out = pathlib.Path(tempfile.mkdtemp()) / "s.tif"
-        >>> write_synthetic_slide(out, width=768, height=512, seed=2,
-        ...                       regions=[(400, 250, 120, "tumour")]).name
+        >>> write_pixel_slide(out, width=768, height=512, seed=2,
+        ...                   regions=[(400, 250, 120, "tumour")]).name
         's.tif'
     """
-    spec = _resolve_spec(spec, options)
+    spec = resolve_spec(spec, options)
     start = time.perf_counter()
     layout = _Layout(spec)
     out = write_pyramid_tiff(
@@ -578,272 +439,3 @@ def write_synthetic_slide(
         time.perf_counter() - start,
     )
     return out
-
-
-# --------------------------------------------------------------------------------------------
-# Pyramidal TIFF writer (bounded memory)
-# --------------------------------------------------------------------------------------------
-
-
-class TileRow(NamedTuple):
-    """A level-0 tile row with some tiles already JPEG-encoded (None: encode from pixels).
-
-    Pre-encoded tiles must be full tile x tile JPEGs made by :func:`encode_jpeg_tile` with the
-    same quality; the pixels are still needed to build the lower levels.
-    """
-
-    pixels: np.ndarray
-    encoded: Sequence[bytes | None]
-
-
-def pyramid_sizes(
-    width: int, height: int, levels: int | None = None, min_level_side: int = 512
-) -> list[tuple[int, int]]:
-    """(width, height) of each level, halving (rounding down) from level 0.
-
-    With ``levels=None``, levels are added until the smaller side of the last is below
-    ``min_level_side``.
-
-    Example:
-        >>> pyramid_sizes(4096, 3072)
-        [(4096, 3072), (2048, 1536), (1024, 768), (512, 384)]
-    """
-    sizes = [(width, height)]
-    while True:
-        w, h = sizes[-1]
-        if levels is not None and len(sizes) >= levels:
-            break
-        if levels is None and min(w, h) < min_level_side:
-            break
-        if min(w, h) < 2:
-            break
-        sizes.append((w // 2, h // 2))
-    return sizes
-
-
-def encode_jpeg_tile(tile: np.ndarray, quality: int) -> bytes:
-    """JPEG bytes of an RGB tile, as stored in the TIFF (YCbCr, 4:2:0 chroma subsampling)."""
-    import imagecodecs
-
-    return bytes(
-        imagecodecs.jpeg_encode(
-            tile, level=quality, colorspace="RGB", outcolorspace="YCBCR", subsampling=(2, 2)
-        )
-    )
-
-
-def _pad_tile(tile: np.ndarray, side: int) -> np.ndarray:
-    """Pad an edge tile to side x side by repeating its last row/column (compresses well)."""
-    h, w = tile.shape[:2]
-    if h == side and w == side:
-        return tile
-    return np.pad(tile, ((0, side - h), (0, side - w), (0, 0)), mode="edge")
-
-
-def _halve(pixels: np.ndarray) -> np.ndarray:
-    """2x2 box average, dropping an odd last row/column (level sizes round down)."""
-    h, w = pixels.shape[0] // 2, pixels.shape[1] // 2
-    if h == 0 or w == 0:
-        return pixels[:h, :w]
-    return cv2.resize(pixels[: 2 * h, : 2 * w], (w, h), interpolation=cv2.INTER_AREA)
-
-
-class _Encoder:
-    """Encodes the tiles of a tile row, in a thread pool when workers > 1."""
-
-    def __init__(self, tile: int, quality: int, pool: ThreadPoolExecutor | None) -> None:
-        self.tile, self.quality, self.pool = tile, quality, pool
-
-    def row(self, pixels: np.ndarray, done: Sequence[bytes | None] | None = None) -> list[bytes]:
-        t = self.tile
-        n = math.ceil(pixels.shape[1] / t)
-        done = done if done is not None else [None] * n
-        if len(done) != n:
-            raise ValueError(f"tile row has {len(done)} encoded entries, expected {n}")
-
-        def encode(i: int) -> bytes:
-            ready = done[i]
-            if ready is not None:
-                return ready
-            return encode_jpeg_tile(_pad_tile(pixels[:, i * t : (i + 1) * t], t), self.quality)
-
-        if self.pool is None:
-            return [encode(i) for i in range(n)]
-        return list(self.pool.map(encode, range(n)))
-
-
-class _Spool:
-    """Encoded tiles of one reduced level, kept in an anonymous temporary file until written."""
-
-    def __init__(self, folder: Path) -> None:
-        # unnamed on disk, so nothing is left behind even if the process is killed
-        self._file: IO[bytes] = tempfile.TemporaryFile(dir=folder)  # noqa: SIM115 - see close()
-        self._sizes: list[int] = []
-
-    def add(self, tiles: Iterable[bytes]) -> None:
-        for data in tiles:
-            self._file.write(data)
-            self._sizes.append(len(data))
-
-    def replay(self) -> Iterator[bytes]:
-        self._file.seek(0)
-        for size in self._sizes:
-            yield self._file.read(size)
-
-    def close(self) -> None:
-        self._file.close()
-
-
-class _Cascade:
-    """Collects downsampled strips for each reduced level and encodes full tile rows."""
-
-    def __init__(self, sizes: list[tuple[int, int]], encoder: _Encoder, spools: list[_Spool]):
-        self.sizes, self.encoder, self.spools = sizes, encoder, spools
-        t = encoder.tile
-        self._buffers = [np.empty((t, w, 3), np.uint8) for w, _ in sizes]
-        self._filled = [0] * len(sizes)
-
-    def push(self, level: int, strip: np.ndarray) -> None:
-        """Add rows (already at ``level``'s resolution) to that level's buffer."""
-        if level >= len(self.sizes) or strip.shape[0] == 0:
-            return
-        t, buffer = self.encoder.tile, self._buffers[level]
-        done = 0
-        while done < strip.shape[0]:
-            take = min(t - self._filled[level], strip.shape[0] - done)
-            buffer[self._filled[level] : self._filled[level] + take] = strip[done : done + take]
-            self._filled[level] += take
-            done += take
-            if self._filled[level] == t:
-                self._emit(level)
-
-    def _emit(self, level: int) -> None:
-        rows = self._buffers[level][: self._filled[level]]
-        self._filled[level] = 0
-        self.push(level + 1, _halve(rows))
-        self.spools[level - 1].add(self.encoder.row(rows))
-
-    def finish(self) -> None:
-        """Flush the partial last tile row of each level, coarsest last."""
-        for level in range(1, len(self.sizes)):
-            if self._filled[level]:
-                self._emit(level)
-
-
-def _level0_tiles(
-    rows: Iterable[np.ndarray | TileRow],
-    width: int,
-    height: int,
-    encoder: _Encoder,
-    cascade: _Cascade,
-) -> Iterator[bytes]:
-    """Encoded level-0 tiles in TIFF order; feeds every row to the cascade before yielding.
-
-    The downsampled row is pushed before its tiles are yielded, because tifffile stops
-    iterating right after the last tile.
-    """
-    t, y = encoder.tile, 0
-    for item in rows:
-        pixels, done = (item.pixels, item.encoded) if isinstance(item, TileRow) else (item, None)
-        expected = (min(t, height - y), width, 3)
-        if pixels.shape != expected or pixels.dtype != np.uint8:
-            raise ValueError(f"tile row at y={y} is {pixels.shape} {pixels.dtype}, not {expected}")
-        cascade.push(1, _halve(pixels))
-        yield from encoder.row(pixels, done)
-        y += expected[0]
-        if y >= height:
-            return
-    raise ValueError(f"row source ended at y={y}, before the slide height {height}")
-
-
-def write_pyramid_tiff(
-    path: str | os.PathLike[str],
-    rows: Iterable[np.ndarray | TileRow],
-    *,
-    width: int,
-    height: int,
-    mpp: float | None = None,
-    tile: int = 256,
-    levels: int | None = None,
-    min_level_side: int = 512,
-    jpeg_quality: int = 85,
-    description: str | None = None,
-    bigtiff: bool | None = None,
-    workers: int = 1,
-) -> Path:
-    """Write a tiled, JPEG-compressed pyramidal TIFF that OpenSlide reads as ``generic-tiff``.
-
-    Level 0 comes from ``rows``: tile rows top to bottom, each ``min(tile, rows left)`` px high
-    and ``width`` px wide (RGB uint8), or :class:`TileRow` with pre-encoded tiles. Reduced levels
-    (subfiletype 1, in the main IFD chain) are 2x2 box averages built on the fly. Resolution is
-    written in pixels per centimetre, which OpenSlide reports as ``openslide.mpp-x``. The file
-    appears atomically; memory holds a few tile rows per level.
-
-    Args:
-        bigtiff: None chooses BigTIFF when the raw level 0 exceeds 2 GiB.
-        workers: threads encoding JPEG tiles.
-    """
-    import tifffile
-
-    if tile % 16:
-        raise ValueError(f"tile must be a multiple of 16 for 4:2:0 JPEG, got {tile}")
-    path = Path(path)
-    sizes = pyramid_sizes(width, height, levels, min_level_side)
-    if bigtiff is None:
-        bigtiff = width * height * 3 > 2**31
-    start = time.perf_counter()
-    with ExitStack() as stack:
-        tmp = stack.enter_context(atomic_path(path))
-        pool = stack.enter_context(ThreadPoolExecutor(workers)) if workers > 1 else None
-        encoder = _Encoder(tile, jpeg_quality, pool)
-        spools = [_Spool(path.parent) for _ in sizes[1:]]
-        for spool in spools:
-            stack.callback(spool.close)
-        cascade = _Cascade(sizes, encoder, spools)
-        writer = stack.enter_context(tifffile.TiffWriter(tmp, bigtiff=bigtiff))
-        tiles = _level0_tiles(rows, width, height, encoder, cascade)
-        _write_level(writer, tiles, sizes[0], tile, mpp, 1.0, description)
-        cascade.finish()
-        for (w, h), spool in zip(sizes[1:], spools, strict=True):
-            _write_level(writer, spool.replay(), (w, h), tile, mpp, width / w, None)
-    log.debug(
-        "wrote %s: %dx%d, %d levels, %.1f MB in %.2f s",
-        path.name,
-        width,
-        height,
-        len(sizes),
-        path.stat().st_size / 1e6,
-        time.perf_counter() - start,
-    )
-    return path
-
-
-def _write_level(
-    writer: Any,
-    tiles: Iterator[bytes],
-    size: tuple[int, int],
-    tile: int,
-    mpp: float | None,
-    downsample: float,
-    description: str | None,
-) -> None:
-    """Append one level as a page of pre-encoded JPEG tiles."""
-    w, h = size
-    extra: dict[str, Any] = {}
-    if mpp is not None:
-        per_cm = 1e4 / (mpp * downsample)
-        extra = {"resolution": (per_cm, per_cm), "resolutionunit": "CENTIMETER"}
-    writer.write(
-        tiles,
-        shape=(h, w, 3),
-        dtype=np.uint8,
-        tile=(tile, tile),
-        photometric="rgb",
-        compression="jpeg",
-        subsampling=(2, 2),
-        subfiletype=0 if downsample == 1.0 else 1,  # 1 marks a reduced-resolution image
-        description=description,
-        metadata=None,
-        software="fivewsi",
-        **extra,
-    )

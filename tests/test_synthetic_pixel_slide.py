@@ -1,4 +1,4 @@
-"""The synthetic H&E slide generator and its bounded-memory pyramidal TIFF writer."""
+"""The synthetic H&E pixel slide generator and its bounded-memory pyramidal TIFF writer."""
 
 from __future__ import annotations
 
@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 
 from fivewsi.slides import OpenSlideReader, open_slide
-from fivewsi.slides.synthetic import (
+from fivewsi.synthetic import (
+    PixelSlideSpec,
     SignalRegion,
-    SyntheticSlide,
     pyramid_sizes,
     render_region,
+    write_pixel_slide,
     write_pyramid_tiff,
-    write_synthetic_slide,
 )
 
 SIZE = {"width": 2048, "height": 1536}
@@ -54,12 +54,12 @@ def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def plain(folder: Path) -> Path:
-    return write_synthetic_slide(folder / "plain.tif", seed=3, **SIZE)
+    return write_pixel_slide(folder / "plain.tif", seed=3, **SIZE)
 
 
 @pytest.fixture(scope="module")
 def marked(folder: Path) -> Path:
-    return write_synthetic_slide(
+    return write_pixel_slide(
         folder / "marked.tif", seed=3, pen_mark="green", regions=[(*REGION, "tumour")], **SIZE
     )
 
@@ -86,7 +86,7 @@ def test_reduced_levels_are_downsampled_level0(plain: Path) -> None:
 
 
 def test_mpp_none_leaves_resolution_to_the_user(folder: Path) -> None:
-    path = write_synthetic_slide(folder / "no-mpp.tif", width=640, height=512, mpp=None)
+    path = write_pixel_slide(folder / "no-mpp.tif", width=640, height=512, mpp=None)
     with open_slide(path) as slide:
         assert slide.mpp is None
     with open_slide(path, mpp=0.25) as slide:
@@ -94,8 +94,8 @@ def test_mpp_none_leaves_resolution_to_the_user(folder: Path) -> None:
 
 
 def test_same_seed_same_bytes_other_seed_other_pixels(folder: Path, plain: Path) -> None:
-    again = write_synthetic_slide(folder / "again.tif", seed=3, **SIZE)
-    other = write_synthetic_slide(folder / "other.tif", seed=4, **SIZE)
+    again = write_pixel_slide(folder / "again.tif", seed=3, **SIZE)
+    other = write_pixel_slide(folder / "other.tif", seed=4, **SIZE)
     assert again.read_bytes() == plain.read_bytes()
     assert np.abs(read_level(other, 1).astype(int) - read_level(plain, 1)).mean() > 5
 
@@ -154,7 +154,7 @@ def test_pen_mark_adds_ink_pixels(folder: Path, plain: Path, marked: Path) -> No
         r, g, b = (rgb[..., i].astype(int) for i in range(3))
         return float(np.mean((b > r + 70) & (b > g + 40)))
 
-    blue_path = write_synthetic_slide(folder / "blue.tif", seed=3, pen_mark="blue", **SIZE)
+    blue_path = write_pixel_slide(folder / "blue.tif", seed=3, pen_mark="blue", **SIZE)
     plain_rgb, marked_rgb, blue_rgb = (read_level(p, 1) for p in (plain, marked, blue_path))
     assert green(plain_rgb) == 0.0 and blue(plain_rgb) < 1e-4
     assert green(marked_rgb) > 0.005
@@ -176,7 +176,7 @@ def test_signal_region_has_denser_darker_nuclei(marked: Path) -> None:
 
 
 def test_region_tuples_and_presets() -> None:
-    spec = SyntheticSlide(regions=[(10, 20, 30), (1, 2, 3, "lymphocytic")])
+    spec = PixelSlideSpec(regions=[(10, 20, 30), (1, 2, 3, "lymphocytic")])
     assert spec.regions[0] == SignalRegion.styled(10, 20, 30, "tumour")
     assert spec.regions[1].size < 1 < spec.regions[1].density
     with pytest.raises(ValueError, match="unknown region style"):
@@ -188,13 +188,13 @@ def test_region_tuples_and_presets() -> None:
 )
 def test_invalid_options_are_refused(folder: Path, options: dict) -> None:
     with pytest.raises(ValueError):
-        write_synthetic_slide(folder / "bad.tif", **options)
+        write_pixel_slide(folder / "bad.tif", **options)
     assert not (folder / "bad.tif").exists()
 
 
 def test_unknown_option_is_refused(folder: Path) -> None:
     with pytest.raises(TypeError, match="unknown synthetic slide option"):
-        write_synthetic_slide(folder / "bad.tif", colour="blue")
+        write_pixel_slide(folder / "bad.tif", colour="blue")
 
 
 def test_pyramid_sizes() -> None:
