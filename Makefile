@@ -42,7 +42,7 @@ test-models: $(MODELS_VENV)/bin/.fivewsi-installed
 test: lint test-core test-models
 
 # Build the wheel, check it holds every file of src/fivewsi, install it in a fresh venv and run
-# the demo from outside the source tree (about a minute with a warm pip cache).
+# the demo from outside the source tree (2-3 minutes on 2 cores).
 wheel-check:
 	PYTHON=$(PYTHON) .ci/check_wheel.sh
 

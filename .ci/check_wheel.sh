@@ -5,13 +5,13 @@
 #   .ci/check_wheel.sh            (make wheel-check)
 #
 # PYTHON: the interpreter for the fresh venv (python3). TORCH: installed first, as a user would
-# (torch==2.13.0, the CPU build the Makefile uses). DEMO_ARGS: extra demo options ("--size small":
-# every stage on a tiny cohort; pass "" for the README's full demo). KEEP=1 keeps the temp folder.
+# (torch==2.13.0, the CPU build the Makefile uses). DEMO_ARGS: extra demo options (none: the
+# README's demo; "--size small" runs every stage on a tiny cohort). KEEP=1 keeps the temp folder.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 PYTHON=${PYTHON:-python3}
 TORCH=${TORCH:-torch==2.13.0}
-DEMO_ARGS=${DEMO_ARGS---size small}
+DEMO_ARGS=${DEMO_ARGS:-}
 work=$(mktemp -d "${TMPDIR:-/tmp}/fivewsi-wheel.XXXXXX")
 [ "${KEEP:-0}" = 1 ] && echo "work folder: $work" || trap 'rm -rf "$work"' EXIT
 start=$(date +%s)
