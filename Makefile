@@ -10,7 +10,7 @@ BIN := $(VENV)/bin
 MODELS_VENV ?= .venv-models
 MODELS_TORCH ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: install demo test test-core test-models lint clean
+.PHONY: install demo test test-core test-models lint wheel-check clean
 
 $(BIN)/.fivewsi-installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -40,6 +40,11 @@ test-models: $(MODELS_VENV)/bin/.fivewsi-installed
 	$(MODELS_VENV)/bin/python -m pytest -m models
 
 test: lint test-core test-models
+
+# Build the wheel, check it holds every file of src/fivewsi, install it in a fresh venv and run
+# the demo from outside the source tree (2-3 minutes on 2 cores).
+wheel-check:
+	PYTHON=$(PYTHON) .ci/check_wheel.sh
 
 clean:
 	rm -rf $(VENV) $(MODELS_VENV) .pytest_cache .ruff_cache

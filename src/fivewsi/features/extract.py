@@ -14,7 +14,7 @@ is bounded by ``batch_size`` whatever the slide size.
 Example:
     >>> from fivewsi.features.extract import embed_patches  # doctest: +SKIP
     >>> features = embed_patches("slide.svs", coords, size0=512, patch_size=256,
-    ...                          encoder=encoder)
+    ...                          encoder=encoder)  # doctest: +SKIP
 """
 
 from __future__ import annotations
