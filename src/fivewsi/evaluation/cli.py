@@ -60,8 +60,8 @@ def evaluate_command(
     class; nothing is tuned on the evaluated slides.
     """
     from fivewsi.cohort.table import CohortError
+    from fivewsi.errors import RunError
     from fivewsi.evaluation.evaluate import EvaluationError, evaluate_run
-    from fivewsi.training.run import RunError
     from fivewsi.utils.logs import configure_logging, console
 
     configure_logging(-1 if quiet else verbose)
@@ -141,7 +141,8 @@ def fewshot_command(
             shots=[int(k) for k in _split_list(shots)],
             seeds=list(range(seeds)),
             epochs=_parse_epochs(epochs),
-            attention=attention,
+            # FiVE's attention, a model option of the five row (when not its default)
+            model_options={"five": {"attention": attention}} if attention != "local" else {},
             train_options=options,
             n_bootstrap=n_bootstrap,
             progress=progress,

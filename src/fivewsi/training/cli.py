@@ -73,10 +73,10 @@ def train_command(
     from pydantic import ValidationError
 
     from fivewsi.cohort.table import CohortError
+    from fivewsi.errors import RunError
     from fivewsi.model.text import MissingTextModelError
     from fivewsi.reports.questions import QuestionSetError
     from fivewsi.training.config import TrainConfig
-    from fivewsi.training.run import RunError
     from fivewsi.training.train import TrainError, train
     from fivewsi.utils.logs import configure_logging, console
 
@@ -87,9 +87,12 @@ def train_command(
             init=init, model=model, objective=objective, epochs=epochs, min_steps=min_steps,
             seed=seed, shots=shots,
             sample_ratio=sample_ratio, max_patches=max_patches, batch_size=batch_size,
-            accumulate=accumulate, lr=lr, negatives=negatives, text_encoder=text_encoder,
-            lora=lora, attention=attention, device=device, val_fraction=val_fraction,
-            patience=patience, overwrite=overwrite, progress=progress,
+            accumulate=accumulate, lr=lr, negatives=negatives, device=device,
+            val_fraction=val_fraction, patience=patience, overwrite=overwrite, progress=progress,
+            # FiVE's options, passed only when set (label models have none of them)
+            model_options={k: v for k, v, default in (
+                ("text_encoder", text_encoder, "all-minilm-l6-v2"), ("lora", lora, False),
+                ("attention", attention, "local")) if v != default},
         )
         result = train(config)
     except (
