@@ -19,7 +19,8 @@ from typer.testing import CliRunner
 from conftest import write_tiny_text_model
 from fivewsi.cohort import make_synthetic_cohort, read_cohort, write_cohort
 from fivewsi.cohort.synthetic import SyntheticCohort
-from fivewsi.training import TrainConfig, TrainError, load_model, train
+from fivewsi import load_model
+from fivewsi.training import TrainConfig, TrainError, train
 from fivewsi.training.cli import train_command
 
 TINY_FIVE = {"dim": 32, "heads": 4, "n_learnable_prompts": 2}
