@@ -185,9 +185,9 @@ def tumour_attention(
 ) -> dict[str, float]:
     """Mean share of patch / class attention on the tumour region of test slides, and the
     region's share of patches (what uniform attention would give)."""
+    from fivewsi import load_model
     from fivewsi.cohort.table import read_cohort
     from fivewsi.features.bags import load_bag
-    from fivewsi import load_model
 
     truth = load_truth(cohort)
     classifier = load_model(run, classes=classes)

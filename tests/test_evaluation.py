@@ -10,8 +10,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from pydantic import ValidationError
 import typer
+from pydantic import ValidationError
 from typer.testing import CliRunner
 
 from fivewsi.cohort.synthetic import SyntheticCohort, make_synthetic_cohort

@@ -14,11 +14,11 @@ import pytest
 import torch
 
 from conftest import write_tiny_text_model
+from fivewsi import load_model
 from fivewsi.cohort import ClassDescription, make_synthetic_cohort
 from fivewsi.cohort.synthetic import SyntheticCohort
-from fivewsi.features.bags import Bag, load_bag
-from fivewsi import load_model
 from fivewsi.errors import RunError
+from fivewsi.features.bags import Bag, load_bag
 from fivewsi.training import TrainConfig, train
 
 pytestmark = pytest.mark.usefixtures("one_thread")

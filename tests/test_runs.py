@@ -48,7 +48,7 @@ def _write(folder: Path, data: object) -> Path:
 
 
 def test_refuses_missing_broken_and_unknown_files(tmp_path: Path) -> None:
-    with pytest.raises(RunError, match="no run.json"):
+    with pytest.raises(RunError, match=r"no run\.json"):
         read_record(tmp_path)
     with pytest.raises(RunError, match="not valid JSON"):
         read_record(_write(tmp_path, "{not json"))

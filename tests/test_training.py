@@ -17,9 +17,9 @@ from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from conftest import write_tiny_text_model
+from fivewsi import load_model
 from fivewsi.cohort import make_synthetic_cohort, read_cohort, write_cohort
 from fivewsi.cohort.synthetic import SyntheticCohort
-from fivewsi import load_model
 from fivewsi.training import TrainConfig, TrainError, train
 from fivewsi.training.cli import train_command
 
