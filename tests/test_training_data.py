@@ -179,3 +179,14 @@ def test_small_training_sets_get_enough_steps(tmp_path) -> None:
     assert _epochs(config(epochs=30, min_steps=10), batches_per_epoch=2) == 30
     assert _epochs(config(epochs=3, min_steps=10, accumulate=2), batches_per_epoch=2) == 10
     assert _epochs(config(epochs=3, min_steps=0), batches_per_epoch=1) == 3
+
+
+def test_the_data_plan_needs_no_torch() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys, fivewsi.training.plan, fivewsi.training.items; "
+            "assert 'torch' not in sys.modules, 'torch imported'")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr[-2000:]
