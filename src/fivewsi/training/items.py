@@ -20,8 +20,6 @@ from typing import Any
 
 import numpy as np
 
-from fivewsi.features.bags import BagError, load_bag, read_bag_attrs
-
 log = logging.getLogger(__name__)
 
 #: Feature file suffixes, preferred first when a slide has several.
@@ -94,6 +92,9 @@ def check_feature_files(slide_ids: Sequence[str], files: dict[str, Path]) -> Fea
     A bag is broken when it cannot be read, holds no patches, or has another feature size than
     most bags. Missing and broken slides are logged with a count; the caller skips them.
     """
+    # Imported here: the features package loads torch (its encoders), which a plan does not need.
+    from fivewsi.features.bags import BagError
+
     check = FeatureCheck()
     dims: dict[str, int] = {}
     for slide_id in slide_ids:
@@ -131,6 +132,8 @@ def check_feature_files(slide_ids: Sequence[str], files: dict[str, Path]) -> Fea
 
 
 def _bag_shape(path: Path) -> tuple[int, int, dict[str, Any]]:
+    from fivewsi.features.bags import BagError, load_bag, read_bag_attrs
+
     if path.suffix == ".pt":
         bag = load_bag(path)
         return bag.n_patches, bag.dim, {}
