@@ -120,6 +120,7 @@ class SlideClassifier:
         self.record = record
         self.prompt_names: list[str] = list(model.prompt_names)
         self._class_embeddings: Tensor | None = None
+        self._attribute_texts: dict[str, tuple[list[str], np.ndarray]] | None = None
 
     @property
     def model_name(self) -> str:
@@ -186,7 +187,7 @@ class SlideClassifier:
         """Question key → (most similar category, its probability) for a text-aligned model."""
         if not self.model.text_aligned:
             return {}
-        if not hasattr(self, "_attribute_texts"):
+        if self._attribute_texts is None:
             self._attribute_texts = {
                 key: (categories, self.embed_texts(phrases))
                 for key, (categories, phrases) in attribute_phrases(self.questions).items()
