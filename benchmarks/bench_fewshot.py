@@ -77,7 +77,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--train-option", "-t", action="append", default=[],
                         help="KEY=VALUE (JSON value) for every training run, repeatable")
     parser.add_argument("--model-option", "-m", action="append", default=[],
-                        help="ROW:KEY=VALUE for one row only, e.g. five+reports:lr=1e-4")
+                        help="ROW:KEY=VALUE training setting for one row only, e.g. "
+                        "five+reports:lr=1e-4")
     parser.add_argument("--pretrained", type=Path, default=None,
                         help="use this finished reports run instead of pretraining")
     parser.add_argument("--grid", default="grid", help="grid folder name under --out")
@@ -143,7 +144,7 @@ def pretrain(args: argparse.Namespace, cohort: Path, options: dict[str, Any]) ->
     config = TrainConfig(
         features=cohort / "features", cohort=cohort / "cohort.csv", out=args.out / "pretrain",
         objective="reports", model="five", epochs=args.pretrain_epochs,
-        attention=args.attention, progress=not args.no_progress, **options,
+        model_options={"attention": args.attention}, progress=not args.no_progress, **options,
     )
     tic = time.perf_counter()
     result = train(config)
@@ -184,9 +185,9 @@ def tumour_attention(
 ) -> dict[str, float]:
     """Mean share of patch / class attention on the tumour region of test slides, and the
     region's share of patches (what uniform attention would give)."""
+    from fivewsi import load_model
     from fivewsi.cohort.table import read_cohort
     from fivewsi.features.bags import load_bag
-    from fivewsi.training import load_model
 
     truth = load_truth(cohort)
     classifier = load_model(run, classes=classes)
@@ -233,7 +234,7 @@ def probe_diagnostics(
         vectors["mean-pooled features"].append(bag.features.mean(0))
         vectors["tumour-mean (oracle)"].append(bag.features[truth[row.slide_id]["tumour"]].mean(0))
     if pretrained is not None:
-        from fivewsi.training import load_model
+        from fivewsi import load_model
 
         classifier = load_model(pretrained, classes=cohort / "classes.csv")
         vectors["pretrained FiVE embedding"] = [
@@ -267,7 +268,7 @@ def target_checks(result: FewshotResult) -> list[dict[str, Any]]:
     from fivewsi.model.registry import list_models
 
     labels = [m for m in result.models if m in list_models() and
-              list_models()[m].kind == "label"]
+              not list_models()[m].text_aligned]
     checks = []
     for k in [k for k in result.shots if 0 < k <= 8]:
         ours = result.mean(PRETRAINED_ROW, k)
@@ -389,9 +390,10 @@ def main(argv: list[str] | None = None) -> int:
         shots=[int(k) for k in args.shots.split(",")],
         seeds=list(range(args.seeds)),
         epochs=_epochs(args.epochs),
-        attention=args.attention,
+        model_options={"five": {"attention": args.attention}}
+        if args.attention != "local" else {},
         train_options=options,
-        model_options=_row_options(args.model_option),
+        overrides=_row_options(args.model_option),
         n_bootstrap=args.n_bootstrap,
         progress=not args.no_progress,
     )

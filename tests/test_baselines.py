@@ -7,10 +7,10 @@ from collections.abc import Iterator
 import pytest
 import torch
 import torch.nn.functional as F
+from pydantic import ValidationError
 
 from fivewsi.model import baselines
 from fivewsi.model.baselines import (
-    BASELINE_NAMES,
     CLAMSB,
     DSMIL,
     MILClassifier,
@@ -20,12 +20,14 @@ from fivewsi.model.baselines import (
     moore_penrose_pinv,
 )
 from fivewsi.model.outputs import AggregatorOutput, BagBatch
-from fivewsi.model.registry import _REGISTRY
+from fivewsi.model.registry import create_model, get_model_spec, list_models
 
 IN_DIM = 12
 # Small hidden sizes keep the tests fast; TransMIL needs dim divisible by its 8 heads.
 SMALL = {"dim": 32}
 WITH_AUX = {"dsmil", "clam-sb"}
+#: Every registered label-only model: a newly registered one is tested by being registered.
+BASELINE_NAMES = [name for name, spec in list_models().items() if not spec.text_aligned]
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -38,14 +40,8 @@ def _one_thread() -> Iterator[None]:
 
 
 def build(name: str, n_classes: int = 2, **options: object) -> MILClassifier:
-    """Build a registered baseline through its registry entry.
-
-    Reads ``_REGISTRY`` directly: ``create_model`` first imports every model module (FiVE's too),
-    and these tests should depend on the baselines module alone.
-    """
-    spec = _REGISTRY[name]
-    assert spec.kind == "label"
-    model = spec.factory(in_dim=IN_DIM, n_classes=n_classes, **{**SMALL, **options})
+    """Build a registered baseline through the registry, its options validated."""
+    model = create_model(name, in_dim=IN_DIM, n_classes=n_classes, **{**SMALL, **options})
     assert isinstance(model, MILClassifier)
     return model
 
@@ -56,11 +52,12 @@ def random_bags(sizes: list[int], seed: int = 0) -> list[torch.Tensor]:
 
 
 def test_all_baselines_registered_as_label_models() -> None:
+    assert {"mean", "max", "abmil", "dsmil", "transmil", "clam-sb"} <= set(BASELINE_NAMES)
     for name in BASELINE_NAMES:
-        spec = _REGISTRY[name]
-        assert spec.kind == "label"
+        spec = get_model_spec(name)
+        assert spec.objectives == ("classes",) and not spec.text_aligned
         assert spec.description
-        assert spec.factory.__module__ == baselines.__name__
+        assert spec.model.__module__ == baselines.__name__
 
 
 @pytest.mark.parametrize("n_classes", [2, 3])
@@ -266,7 +263,7 @@ def test_clam_svm_instance_loss_and_bad_options() -> None:
         CLAMSB(in_dim=IN_DIM, n_classes=2, instance_loss="hinge")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="n_classes"):
         CLAMSB(in_dim=IN_DIM, n_classes=1)
-    with pytest.raises(TypeError):
+    with pytest.raises(ValidationError, match="unknown_option"):
         build("abmil", 2, unknown_option=1)
 
 

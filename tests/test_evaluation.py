@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import typer
+from pydantic import ValidationError
 from typer.testing import CliRunner
 
 from fivewsi.cohort.table import CohortRow, read_cohort, write_cohort
@@ -23,8 +24,8 @@ from fivewsi.evaluation.fewshot import (
     summarize,
     table_markdown,
 )
+from fivewsi.runs.classifier import SlidePrediction
 from fivewsi.synthetic import FeatureCohort, make_feature_cohort
-from fivewsi.training.run import SlidePrediction
 
 CLASSES = ["LUAD", "LUSC"]
 
@@ -47,7 +48,7 @@ class StubClassifier:
     model_name = "stub"
 
     def __init__(self, in_dim: int = 16) -> None:
-        self.run_info = {"in_dim": in_dim}
+        self.in_dim = in_dim
         self.seen: list[list[str]] = []
 
     def predict_batch(self, bags: list) -> list[SlidePrediction]:
@@ -66,7 +67,7 @@ class StubClassifier:
 def stub(monkeypatch: pytest.MonkeyPatch) -> StubClassifier:
     classifier = StubClassifier()
     monkeypatch.setattr(
-        "fivewsi.training.run.load_model", lambda run, classes=None, device="cpu": classifier
+        "fivewsi.runs.classifier.load_model", lambda run, classes=None, device="cpu": classifier
     )
     return classifier
 
@@ -145,7 +146,7 @@ def test_wrong_feature_size_is_a_slide_error(
     cohort: FeatureCohort, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     classifier = StubClassifier(in_dim=32)
-    monkeypatch.setattr("fivewsi.training.run.load_model", lambda *a, **k: classifier)
+    monkeypatch.setattr("fivewsi.runs.classifier.load_model", lambda *a, **k: classifier)
     with pytest.raises(EvaluationError, match="feature size 16, the model expects 32"):
         evaluate_run("run", cohort.features_dir, cohort.cohort_csv)
 
@@ -235,7 +236,8 @@ def test_evaluate_command_refuses_a_folder_that_is_not_a_run(
 
 # --- with real training (fivewsi.training) ---------------------------------------------------
 
-TINY = {"dim": 16, "heads": 2, "batch_size": 4, "n_learnable_prompts": 1, "min_steps": 0}
+TINY = {"batch_size": 4, "min_steps": 0}
+TINY_FIVE = {"dim": 16, "heads": 2, "n_learnable_prompts": 1}
 
 
 @pytest.fixture(scope="module")
@@ -331,7 +333,8 @@ def test_fewshot_with_pretrained_run_adds_zero_shot_and_fine_tuned_rows(
     # for report pretraining (which the training tests cover) to keep this test quick.
     pretrained = tmp_path / "pretrain"
     train(TrainConfig(features=cohort.features_dir, cohort=cohort.cohort_csv, out=pretrained,
-                      classes=cohort.classes_csv, shots=1, epochs=1, progress=False, **TINY))
+                      classes=cohort.classes_csv, shots=1, epochs=1, progress=False,
+                      model_options=TINY_FIVE, **TINY))
     config = FewshotConfig(
         features=cohort.features_dir, cohort=cohort.cohort_csv, classes=cohort.classes_csv,
         out=tmp_path / "grid", models=["mean"], pretrained=pretrained, shots=[1], seeds=[0],
@@ -360,3 +363,26 @@ def test_fewshot_command_runs_the_grid(grid: FewshotConfig, cohort: FeatureCohor
     assert "balanced accuracy" in result.output and "abmil" in result.output
     bad = CliRunner().invoke(_cli(), [*args, "--models", "nosuchmodel"])  # the last one wins
     assert bad.exit_code == 2 and "unknown models" in bad.output
+
+
+def test_fewshot_config_fails_at_start_up_on_a_misspelt_setting(
+    cohort: FeatureCohort, tmp_path: Path
+) -> None:
+    base = {"features": cohort.features_dir, "cohort": cohort.cohort_csv,
+            "classes": cohort.classes_csv, "out": tmp_path / "grid", "models": ["five", "abmil"]}
+    with pytest.raises(ValidationError, match=r"row 'abmil'.*dimm"):
+        FewshotConfig(**base, model_options={"abmil": {"dimm": 8}})
+    with pytest.raises(ValidationError, match=r"row 'five'.*attention"):
+        FewshotConfig(**base, model_options={"five": {"attention": "fulll"}})
+    with pytest.raises(ValidationError, match=r"lrr"):
+        FewshotConfig(**base, train_options={"lrr": 0.1})
+    with pytest.raises(ValidationError, match=r"row 'abmil'.*batch_size"):
+        FewshotConfig(**base, overrides={"abmil": {"batch_size": 0}})
+    with pytest.raises(ValidationError, match=r"not rows of the grid"):
+        FewshotConfig(**base, model_options={"mean": {"dim": 8}})
+    with pytest.raises(ValidationError, match=r"sets \['model_options'\] itself"):
+        FewshotConfig(**base, train_options={"model_options": {}})
+    assert not (tmp_path / "grid").exists()  # nothing ran
+    config = FewshotConfig(**base, model_options={"abmil": {"dim": 8}})
+    cell = config.train_config("abmil", k=1, seed=0)
+    assert cell.model_options["dim"] == 8 and cell.model_options["attention_dim"] == 256

@@ -36,10 +36,9 @@ def batch(sizes: tuple[int, ...] = (50, 20)) -> BagBatch:
 
 def test_registry_builds_five(encoder: TextEncoder) -> None:
     spec = get_model_spec("five")
-    assert spec.kind == "text" and "prompt" in spec.description
-    model = create_model(
-        "five", in_dim=IN_DIM, questions=QUESTIONS, text_encoder=encoder, dim=DIM, heads=4
-    )
+    assert spec.text_aligned and spec.objectives == ("reports", "classes")
+    assert "prompt" in spec.description
+    model = create_model("five", in_dim=IN_DIM, questions=QUESTIONS, dim=DIM, heads=4)
     assert isinstance(model, FiveModel)
     assert model.n_prompts == 2 + 16
     assert model.aggregator.attention == "local"
@@ -117,30 +116,59 @@ def test_full_attention_option(encoder: TextEncoder) -> None:
         torch.testing.assert_close(local(small).embedding, full(small).embedding, atol=1e-5, rtol=0)
 
 
-def test_portable_state_dict_round_trip(encoder: TextEncoder) -> None:
+def test_saved_state_dict_round_trip(encoder: TextEncoder) -> None:
     model = build(encoder).eval()
-    state = model.portable_state_dict()
+    state = model.saved_state_dict()
     assert not any(key.startswith("text_encoder.") for key in state)
     assert "learnable_prompts" in state and "text_projection.weight" in state
     other = build(encoder, logit_scale=None)
     torch.manual_seed(9)
     other.learnable_prompts.data.normal_()
-    other.load_portable_state_dict(state)
+    other.load_saved_state_dict(state)
     other.eval()
     with torch.no_grad():
         torch.testing.assert_close(other(batch()).embedding, model(batch()).embedding)
-    with pytest.raises(RuntimeError, match="missing"):
-        other.load_portable_state_dict(
+    with pytest.raises(ValueError, match="missing"):
+        other.load_saved_state_dict(
             {k: v for k, v in state.items() if k != "aggregator.fuse.weight"}
         )
 
 
-def test_portable_state_dict_keeps_lora_weights() -> None:
+def test_saved_state_dict_keeps_lora_weights() -> None:
     model = build(TextEncoder(lora=True, lora_r=2))
-    state = model.portable_state_dict()
+    state = model.saved_state_dict()
     lora = [key for key in state if key.startswith("text_encoder.")]
     assert lora and all("lora_" in key for key in lora)
     out = model(batch((10,)))
     model.similarity(out.embedding, model.encode_texts(["x"])).sum().backward()
     lora_b = [p for n, p in model.named_parameters() if "lora_B" in n]
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in lora_b)
+
+
+def test_options_are_declared_validated_and_defaulted() -> None:
+    from pydantic import ValidationError
+
+    options = get_model_spec("five").validate_options()
+    assert options["dim"] == 512 and options["n_learnable_prompts"] == 16
+    assert options["heads"] == 8 and options["attention"] == "local"
+    assert options["text_encoder"] == "all-minilm-l6-v2" and options["lora"] is False
+    with pytest.raises(ValidationError, match="dimm"):
+        get_model_spec("five").validate_options({"dimm": 8})
+    with pytest.raises(ValidationError, match="not divisible"):
+        get_model_spec("five").validate_options({"dim": 30, "heads": 4})
+
+
+def test_a_lazy_text_encoder_loads_only_for_new_texts(encoder: TextEncoder) -> None:
+    eager = build(encoder).eval()
+    torch.manual_seed(0)
+    lazy = FiveModel(IN_DIM, QUESTIONS, TextEncoder(lazy=True), dim=DIM, heads=4,
+                     n_learnable_prompts=3, block_size=32).eval()
+    lazy.load_saved_state_dict(eager.saved_state_dict())
+    assert not lazy.text_encoder.loaded
+    lazy.remember_texts(QUESTIONS, eager.text_features(QUESTIONS))
+    with torch.no_grad():
+        torch.testing.assert_close(lazy(batch()).embedding, eager(batch()).embedding, atol=0,
+                                   rtol=0)
+        assert not lazy.text_encoder.loaded
+        lazy.encode_texts(["a new text"])
+    assert lazy.text_encoder.loaded

@@ -1,8 +1,12 @@
-"""load_model: zero-shot from a pretrained run, class runs, baselines, predictions."""
+"""load_model: zero-shot from a pretrained run, class runs, baselines, predictions, and the
+run's stored text features (no text model, no Lightning when predicting)."""
 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -10,10 +14,12 @@ import pytest
 import torch
 
 from conftest import write_tiny_text_model
+from fivewsi import load_model
 from fivewsi.cohort import ClassDescription
+from fivewsi.errors import RunError
 from fivewsi.features.bags import Bag, load_bag
 from fivewsi.synthetic import FeatureCohort, make_feature_cohort
-from fivewsi.training import RunError, TrainConfig, load_model, train
+from fivewsi.training import TrainConfig, train
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -26,15 +32,20 @@ def cohort(tmp_path_factory: pytest.TempPathFactory) -> FeatureCohort:
     return made
 
 
-def _train(cohort: FeatureCohort, out: Path, **options: object) -> Path:
+def _train(
+    cohort: FeatureCohort, out: Path, model_options: dict[str, object] | None = None,
+    **options: object,
+) -> Path:
     settings: dict[str, object] = {
-        "epochs": 1, "min_steps": 0, "batch_size": 4, "progress": False, "dim": 32, "heads": 4,
-        "n_learnable_prompts": 3, "negatives": "batch",
-        "text_encoder": str(cohort.root / "tiny-bert"),
+        "epochs": 1, "min_steps": 0, "batch_size": 4, "progress": False, "negatives": "batch",
     }
+    chosen = dict(model_options or {})
+    if options.get("model", "five") == "five":
+        tiny = {"dim": 32, "heads": 4, "n_learnable_prompts": 3}
+        chosen = {**tiny, "text_encoder": str(cohort.root / "tiny-bert"), **chosen}
     settings.update(options)
     train(TrainConfig(features=cohort.features_dir, cohort=cohort.cohort_csv, out=out,
-                      **settings))
+                      model_options=chosen, **settings))
     return out
 
 
@@ -45,7 +56,9 @@ def runs(cohort: FeatureCohort, tmp_path_factory: pytest.TempPathFactory) -> dic
     return {
         "pretrained": pretrained,
         "classes": _train(cohort, root / "classes", classes=cohort.classes_csv, init=pretrained),
-        "abmil": _train(cohort, root / "abmil", model="abmil", dim=16),
+        "abmil": _train(cohort, root / "abmil", model="abmil", model_options={"dim": 16}),
+        "lora": _train(cohort, root / "lora", classes=cohort.classes_csv,
+                       model_options={"lora": True}),
     }
 
 
@@ -131,3 +144,63 @@ def test_an_unfinished_or_foreign_folder_is_refused(
     (tmp_path / "run.json").write_text(json.dumps(info))
     with pytest.raises(RunError, match="has not finished"):
         load_model(tmp_path)
+
+
+@pytest.mark.parametrize(("name", "classes"), [("classes", False), ("pretrained", True),
+                                               ("lora", False)])
+def test_stored_text_features_give_exactly_the_same_predictions(
+    name: str, classes: bool, runs: dict[str, Path], cohort: FeatureCohort
+) -> None:
+    given = {"classes": cohort.classes_csv} if classes else {}
+    stored = load_model(runs[name], **given)
+    fresh = load_model(runs[name], stored_texts=False, **given)
+    bags = _bags(cohort, 3)
+    for a, b in zip(stored.predict_batch(bags), fresh.predict_batch(bags), strict=True):
+        assert np.array_equal(a.probabilities, b.probabilities)
+        assert np.array_equal(a.embedding, b.embedding)
+        assert np.array_equal(a.class_attention, b.class_attention)
+        assert stored.attributes(a) == fresh.attributes(b)
+    # The run's own texts never needed the text model (zero-shot descriptions are new texts).
+    encoder = stored.model.text_encoder
+    assert encoder.loaded == classes and fresh.model.text_encoder.loaded
+    new = stored.similarities(bags[0], ["a text the run never saw"])
+    assert encoder.loaded
+    assert np.array_equal(new, fresh.similarities(bags[0], ["a text the run never saw"]))
+
+
+def test_other_descriptions_load_the_text_model_only_for_themselves(
+    runs: dict[str, Path], cohort: FeatureCohort
+) -> None:
+    other = [ClassDescription("A", "acinar growth pattern"), ClassDescription("B", "keratin")]
+    lazy = load_model(runs["classes"], classes=other)
+    assert not lazy.model.text_encoder.loaded
+    prediction = lazy.predict(_bags(cohort, 1)[0])
+    assert lazy.model.text_encoder.loaded
+    fresh = load_model(runs["classes"], classes=other, stored_texts=False)
+    assert np.array_equal(prediction.probabilities,
+                          fresh.predict(_bags(cohort, 1)[0]).probabilities)
+
+
+_NO_TRAINING_STACK = """
+import sys, fivewsi
+m = fivewsi.load_model(sys.argv[1])
+m.predict(fivewsi.load_bag(sys.argv[2]))
+heavy = [n for n in ("lightning", "pytorch_lightning") if n in sys.modules]
+assert not heavy, heavy
+if sys.argv[3] == "text":
+    assert "transformers" not in sys.modules, "the text model was loaded"
+"""
+
+
+@pytest.mark.parametrize("name", ["classes", "abmil", "lora"])
+def test_loading_and_predicting_imports_no_lightning_nor_text_model(
+    name: str, runs: dict[str, Path], cohort: FeatureCohort
+) -> None:
+    bag = sorted(cohort.features_dir.glob("*.h5"))[0]
+    kind = "label" if name == "abmil" else "text"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(
+        [sys.executable, "-c", _NO_TRAINING_STACK, str(runs[name]), str(bag), kind],
+        capture_output=True, text=True, timeout=120, env=env,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]

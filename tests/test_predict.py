@@ -39,8 +39,9 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     run = root / "run"
     train(TrainConfig(
         features=work / "features", cohort=root / "cohort.csv", classes=root / "classes.csv",
-        out=run, epochs=2, min_steps=0, batch_size=2, dim=32, heads=4, n_learnable_prompts=2,
-        text_encoder=str(write_tiny_text_model(root / "tiny-bert")), progress=False,
+        out=run, epochs=2, min_steps=0, batch_size=2, progress=False,
+        model_options={"dim": 32, "heads": 4, "n_learnable_prompts": 2,
+                       "text_encoder": str(write_tiny_text_model(root / "tiny-bert"))},
     ))
     broken = root / "inputs" / "broken.tif"
     broken.parent.mkdir()

@@ -16,11 +16,13 @@ from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from conftest import write_tiny_text_model
+from fivewsi import load_model
 from fivewsi.cohort import read_cohort, write_cohort
 from fivewsi.synthetic import FeatureCohort, make_feature_cohort
-from fivewsi.training import TrainConfig, TrainError, load_model, train
+from fivewsi.training import TrainConfig, TrainError, train
 
-TINY_FIVE = {"dim": 32, "heads": 4, "n_learnable_prompts": 2, "negatives": "batch"}
+TINY_FIVE = {"dim": 32, "heads": 4, "n_learnable_prompts": 2}
+SMALL = {"dim": 16}  # a baseline's options
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -42,15 +44,21 @@ def cohort(tmp_path_factory: pytest.TempPathFactory) -> FeatureCohort:
     return made
 
 
-def _config(cohort: FeatureCohort, out: Path, **options: object) -> TrainConfig:
+def _config(
+    cohort: FeatureCohort, out: Path, model_options: dict[str, object] | None = None,
+    **options: object,
+) -> TrainConfig:
     settings: dict[str, object] = {
         "epochs": 2, "min_steps": 0, "batch_size": 4, "progress": False
     }
+    chosen = dict(model_options or {})
     if options.get("model", "five") == "five":
-        settings.update(TINY_FIVE, text_encoder=str(cohort.root / "tiny-bert"))
+        settings["negatives"] = "batch"
+        chosen = {**TINY_FIVE, "text_encoder": str(cohort.root / "tiny-bert"), **chosen}
     settings.update(options)
     return TrainConfig(
-        features=cohort.features_dir, cohort=cohort.cohort_csv, out=out, **settings
+        features=cohort.features_dir, cohort=cohort.cohort_csv, out=out,
+        model_options=chosen, **settings,
     )
 
 
@@ -74,7 +82,10 @@ def pretrained(cohort: FeatureCohort, tmp_path_factory: pytest.TempPathFactory) 
 def test_pretraining_writes_a_complete_run(pretrained: Path, cohort: FeatureCohort) -> None:
     info = json.loads((pretrained / "run.json").read_text())
     assert info["status"] == "finished" and info["stage"] == "reports"
-    assert info["model"]["kind"] == "text" and info["model"]["in_dim"] == 16
+    assert info["model"]["architecture"] == "five" and info["model"]["in_dim"] == 16
+    assert info["model"]["args"]["dim"] == 32 and info["model"]["args"]["attention"] == "local"
+    assert info["texts_file"] == "texts.safetensors"
+    assert (pretrained / "texts.safetensors").is_file()
     assert info["question_set"]["name"] == "lung" and info["classes"] is None
     assert info["split"]["validation"] == "split" and info["split"]["n_val"] == 4
     assert info["result"]["monitor"] == "val/loss" and info["result"]["best_metric"] > 0
@@ -117,7 +128,7 @@ def test_init_must_match_the_model(
 ) -> None:
     with pytest.raises(TrainError, match="model options"):
         train(_config(cohort, tmp_path / "wide", classes=cohort.classes_csv, init=pretrained,
-                      dim=64))
+                      model_options={"dim": 64}))
     with pytest.raises(TrainError, match=r"no model\.safetensors"):
         train(_config(cohort, tmp_path / "x", classes=cohort.classes_csv, init=tmp_path))
 
@@ -126,7 +137,7 @@ def test_baseline_trains_on_cohort_labels_and_predicts(
     cohort: FeatureCohort, tmp_path: Path
 ) -> None:
     out = tmp_path / "abmil"
-    result = train(_config(cohort, out, model="abmil", dim=16, val_fraction=0.0))
+    result = train(_config(cohort, out, model="abmil", model_options=SMALL, val_fraction=0.0))
     assert result.stage == "classes" and result.n_val == 4  # the cohort's own val rows
     classifier = load_model(out)
     assert classifier.classes == ["LUAD", "LUSC"] and classifier.kind == "label"
@@ -143,11 +154,11 @@ def test_baseline_trains_on_cohort_labels_and_predicts(
 def test_same_seed_gives_identical_weights(cohort: FeatureCohort, tmp_path: Path) -> None:
     runs = []
     for name in ("a", "b"):
-        train(_config(cohort, tmp_path / name, model="abmil", dim=16, epochs=3))
+        train(_config(cohort, tmp_path / name, model="abmil", model_options=SMALL, epochs=3))
         runs.append(load_file(tmp_path / name / "model.safetensors"))
     assert runs[0].keys() == runs[1].keys()
     assert all(torch.equal(runs[0][k], runs[1][k]) for k in runs[0])
-    train(_config(cohort, tmp_path / "c", model="abmil", dim=16, epochs=3, seed=7))
+    train(_config(cohort, tmp_path / "c", model="abmil", model_options=SMALL, epochs=3, seed=7))
     other = load_file(tmp_path / "c" / "model.safetensors")
     assert not all(torch.equal(runs[0][k], other[k]) for k in other)
 
@@ -191,14 +202,16 @@ def test_finished_run_is_skipped_mismatch_refused_overwrite_retrains(
     cohort: FeatureCohort, tmp_path: Path
 ) -> None:
     out = tmp_path / "run"
-    first = train(_config(cohort, out, model="mean", dim=16))
+    first = train(_config(cohort, out, model="mean", model_options=SMALL))
     stamp = (out / "model.safetensors").stat().st_mtime_ns
-    again = train(_config(cohort, out, model="mean", dim=16, progress=True))
+    again = train(_config(cohort, out, model="mean", model_options=SMALL, progress=True))
     assert again.skipped and again.n_train == first.n_train
     assert (out / "model.safetensors").stat().st_mtime_ns == stamp
     with pytest.raises(TrainError, match=r"lr: run has 0\.0003, asked 0\.01"):
-        train(_config(cohort, out, model="mean", dim=16, lr=0.01))
-    redone = train(_config(cohort, out, model="mean", dim=16, lr=0.01, overwrite=True))
+        train(_config(cohort, out, model="mean", model_options=SMALL, lr=0.01))
+    redone = train(
+        _config(cohort, out, model="mean", model_options=SMALL, lr=0.01, overwrite=True)
+    )
     assert not redone.skipped
     assert json.loads((out / "run.json").read_text())["config"]["lr"] == 0.01
 
@@ -212,7 +225,8 @@ def test_missing_feature_files_are_skipped_and_reported(
     write_cohort(extra, table)
     out = tmp_path / "run"
     result = train(TrainConfig(features=cohort.features_dir, cohort=table, out=out,
-                               model="mean", dim=16, epochs=1, min_steps=0, progress=False))
+                               model="mean", model_options=SMALL, epochs=1, min_steps=0,
+                               progress=False))
     assert result.n_skipped_slides == 1
     assert json.loads((out / "run.json").read_text())["skipped_slides"]["missing"] == ["ghost-1"]
     with pytest.raises(TrainError, match="no training slides"):
@@ -228,7 +242,8 @@ def test_val_fraction_is_stratified_and_few_shot_uses_no_fraction(
         row.split = "test" if row.split == "test" else None  # no val rows at all
     table = tmp_path / "cohort.csv"
     write_cohort(rows, table)
-    base = {"features": cohort.features_dir, "cohort": table, "model": "mean", "dim": 16,
+    base = {"features": cohort.features_dir, "cohort": table, "model": "mean",
+            "model_options": SMALL,
             "epochs": 1, "min_steps": 0, "progress": False}
     train(TrainConfig(out=tmp_path / "frac", val_fraction=0.25, **base))
     val = [r for r in _split(tmp_path / "frac") if r["role"] == "val"]
@@ -263,7 +278,8 @@ def test_torchrun_two_cpu_processes_write_one_run(
     script.write_text(
         "from fivewsi.training import TrainConfig, train\n"
         f"train(TrainConfig(features={str(cohort.features_dir)!r}, "
-        f"cohort={str(cohort.cohort_csv)!r}, out={str(out)!r}, model='abmil', dim=16, "
+        f"cohort={str(cohort.cohort_csv)!r}, out={str(out)!r}, model='abmil', "
+        "model_options={'dim': 16}, "
         "epochs=2, min_steps=0, batch_size=2, progress=False, device='cpu'))\n"
     )
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

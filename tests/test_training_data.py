@@ -13,18 +13,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fivewsi.features.bags import Bag, save_bag
+from fivewsi.model.outputs import grid_coords
 from fivewsi.training.data import (
     BagCache,
     BagDataset,
     EpochSampler,
-    SlideItem,
-    check_feature_files,
     collate_bags,
-    find_feature_files,
-    grid_coords,
     hilbert_index,
     sample_patches,
 )
+from fivewsi.training.items import SlideItem, check_feature_files, find_feature_files
 
 
 def _grid(side: int) -> np.ndarray:
@@ -172,7 +170,7 @@ def test_epoch_sampler_shares_and_reshuffles(tmp_path: Path) -> None:
 
 def test_small_training_sets_get_enough_steps(tmp_path) -> None:
     from fivewsi.training.config import TrainConfig
-    from fivewsi.training.train import _epochs
+    from fivewsi.training.fit import epochs_for as _epochs
 
     def config(**kw):
         return TrainConfig(features=tmp_path, cohort=tmp_path / "c.csv", out=tmp_path / "r", **kw)
@@ -181,3 +179,14 @@ def test_small_training_sets_get_enough_steps(tmp_path) -> None:
     assert _epochs(config(epochs=30, min_steps=10), batches_per_epoch=2) == 30
     assert _epochs(config(epochs=3, min_steps=10, accumulate=2), batches_per_epoch=2) == 10
     assert _epochs(config(epochs=3, min_steps=0), batches_per_epoch=1) == 3
+
+
+def test_the_data_plan_needs_no_torch() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys, fivewsi.training.plan, fivewsi.training.items; "
+            "assert 'torch' not in sys.modules, 'torch imported'")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr[-2000:]

@@ -7,7 +7,8 @@ The package follows the pipeline's stages, one subpackage each:
 - :mod:`fivewsi.reports` — pathology reports → fine-grained labels (LLM or offline rules).
 - :mod:`fivewsi.cohort` — cohort and class tables, label parsing.
 - :mod:`fivewsi.model` — FiVE (text encoder, prompts, TFS aggregator) and the MIL baselines.
-- :mod:`fivewsi.training` — report pretraining and few-shot fine-tuning (Lightning), runs.
+- :mod:`fivewsi.runs` — a trained run: its record, weights, ``load_model`` and predictions.
+- :mod:`fivewsi.training` — report pretraining and few-shot fine-tuning (Lightning).
 - :mod:`fivewsi.evaluation` — metrics with bootstrap intervals, the few-shot grid.
 - :mod:`fivewsi.predict` — predictions, heatmaps, GeoJSON and the HTML report.
 - :mod:`fivewsi.synthetic` — synthetic data with a known answer: pixel slides, feature-level
@@ -35,9 +36,9 @@ _EXPORTS = {
     "list_encoders": "fivewsi.features.registry",
     "SlideError": "fivewsi.slides.readers",
     "open_slide": "fivewsi.slides.readers",
-    "load_model": "fivewsi.training.run",
-    "SlideClassifier": "fivewsi.training.run",
-    "SlidePrediction": "fivewsi.training.run",
+    "load_model": "fivewsi.runs.classifier",
+    "SlideClassifier": "fivewsi.runs.classifier",
+    "SlidePrediction": "fivewsi.runs.classifier",
     "create_model": "fivewsi.model.registry",
     "list_models": "fivewsi.model.registry",
 }
@@ -46,8 +47,8 @@ if TYPE_CHECKING:
     from fivewsi.features.bags import Bag, load_bag, save_bag
     from fivewsi.features.registry import create_encoder, list_encoders
     from fivewsi.model.registry import create_model, list_models
+    from fivewsi.runs.classifier import SlideClassifier, SlidePrediction, load_model
     from fivewsi.slides.readers import SlideError, open_slide
-    from fivewsi.training.run import SlideClassifier, SlidePrediction, load_model
 
 
 def __getattr__(name: str) -> Any:

@@ -59,8 +59,8 @@ def fewshot_command(
     ] = None,
     attention: Annotated[
         str | None,
-        typer.Option(help=o.with_default("FiVE's attention: local or full.", FewshotConfig,
-                                         "attention")),
+        typer.Option(help="FiVE's TFS self-attention (a model option of the five row): local "
+                          "or full. (default: the model's, local)"),
     ] = None,
     device: Annotated[
         str | None, typer.Option(help="auto, cpu, cuda, ... (a training setting) (default: auto)")
@@ -99,10 +99,14 @@ def fewshot_command(
         models=split_list(models) if models else None, pretrained=pretrained,
         shots=[_int(k, "--shots") for k in split_list(shots)] if shots else None,
         seeds=list(range(seeds)) if seeds is not None else None,
-        epochs=parse_epochs(epochs), attention=attention, n_bootstrap=n_bootstrap,
+        epochs=parse_epochs(epochs), n_bootstrap=n_bootstrap,
         progress=progress,
     ))
     settings["train_options"] = train_options
+    if attention is not None:
+        model_options = dict(settings.get("model_options") or {})
+        model_options["five"] = {**model_options.get("five", {}), "attention": attention}
+        settings["model_options"] = model_options
     grid = FewshotConfig(**settings)
     result = run_fewshot(grid)
     write_config_file(grid.out / "config.yaml", grid.model_dump(mode="json"))

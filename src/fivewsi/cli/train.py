@@ -24,6 +24,12 @@ def _help(text: str, name: str) -> str:
     return o.with_default(text, _T, name)
 
 
+def _five_help(text: str, name: str) -> str:
+    from fivewsi.model.registry import get_model_spec
+
+    return o.with_default(text, get_model_spec("five").options, name)
+
+
 @app.command("train")
 def train_command(
     features: o.Features = None,
@@ -80,17 +86,18 @@ def train_command(
     ] = None,
     text_encoder: Annotated[
         str | None,
-        typer.Option(help=_help("Text model: packaged name, local folder or cached HF repo.",
-                                "text_encoder")),
+        typer.Option(help=_five_help("FiVE's text model: packaged name, local folder or cached "
+                                     "HF repo.", "text_encoder")),
     ] = None,
     lora: Annotated[
         bool | None,
-        typer.Option("--lora/--no-lora", help=_help("Tune the text encoder with LoRA.", "lora")),
+        typer.Option("--lora/--no-lora",
+                     help=_five_help("Tune FiVE's text encoder with LoRA.", "lora")),
     ] = None,
     attention: Annotated[
         str | None,
-        typer.Option(help=_help("TFS self-attention: local (linear) or full (paper).",
-                                "attention")),
+        typer.Option(help=_five_help("FiVE's TFS self-attention: local (linear) or full "
+                                     "(paper).", "attention")),
     ] = None,
     device: Annotated[
         str | None, typer.Option(help=_help("auto, cpu, cuda, cuda:1, ...", "device"))
@@ -118,20 +125,26 @@ def train_command(
     """Train FiVE on reports (pretraining), on classes (fine-tuning / few-shot), or a baseline.
 
     Rows with split=test are never used. Rerunning resumes an interrupted run; a finished run
-    is skipped unless --overwrite. Exit status 2 on bad settings or data.
+    is skipped unless --overwrite. Exit status 2 on bad settings or data. The model's own
+    options (--text-encoder, --lora, --attention, and any other in a --config file's
+    model_options) are checked against the model: a baseline has none of FiVE's.
     """
     from fivewsi.training.train import train
     from fivewsi.utils.logs import console
 
     o.setup_logging(verbose, quiet)
-    settings = merge_settings(read_config_file(config), o.given(
+    file_settings = read_config_file(config)
+    model_options = dict(file_settings.pop("model_options", None) or {})
+    model_options.update(o.given(text_encoder=text_encoder, lora=lora, attention=attention))
+    settings = merge_settings(file_settings, o.given(
         features=features, cohort=cohort, out=out, classes=classes, questions=questions,
         init=init, model=model, objective=objective, epochs=epochs, min_steps=min_steps,
         seed=seed, shots=shots, sample_ratio=sample_ratio, max_patches=max_patches,
         batch_size=batch_size, accumulate=accumulate, lr=lr, negatives=negatives,
-        text_encoder=text_encoder, lora=lora, attention=attention, device=device,
-        val_fraction=val_fraction, patience=patience, overwrite=overwrite, progress=progress,
+        device=device, val_fraction=val_fraction, patience=patience, overwrite=overwrite,
+        progress=progress,
     ))
+    settings["model_options"] = model_options
     result = train(TrainConfig(**settings))
     if result.skipped:
         console.print(f"{result.run} already finished (use --overwrite to train again)")

@@ -36,12 +36,9 @@ from fivewsi.utils.atomic import write_json_atomic, write_text_atomic
 
 if TYPE_CHECKING:
     from fivewsi.cohort.table import ClassDescription, CohortRow
-    from fivewsi.features.bags import Bag
+    from fivewsi.runs.classifier import SlideClassifier
 
 log = logging.getLogger(__name__)
-
-#: Patches predicted together at most (bags are batched until they reach this many).
-MAX_BATCH_PATCHES = 1 << 16
 
 
 class EvaluationError(EvaluationStageError, ValueError):
@@ -137,8 +134,8 @@ def evaluate_run(
             model's classes, or no slide that could be predicted.
     """
     from fivewsi.cohort.table import CohortError, check_labels, read_cohort
-    from fivewsi.training.data import find_feature_files
-    from fivewsi.training.run import load_model
+    from fivewsi.runs.classifier import load_model
+    from fivewsi.training.items import find_feature_files
 
     run = Path(run)
     rows = read_cohort(cohort)
@@ -165,8 +162,7 @@ def evaluate_run(
         ) from None
 
     files = find_feature_files(features)
-    in_dim = classifier.run_info.get("in_dim")
-    outcomes = _predict(classifier, labelled, files, in_dim)
+    outcomes = _predict(classifier, labelled, files)
     done = [o for o in outcomes if o.error is None]
     failed = {o.slide_id: o.error for o in outcomes if o.error is not None}
     if failed:
@@ -284,73 +280,27 @@ def _classes_source(classes: object) -> str:
 
 
 def _predict(
-    classifier: Any,
-    rows: list[CohortRow],
-    files: dict[str, Path],
-    in_dim: int | None,
+    classifier: SlideClassifier, rows: list[CohortRow], files: dict[str, Path]
 ) -> list[SlideOutcome]:
     """Outcomes of ``rows`` in order: predictions batched by patch count, errors per slide."""
-    from fivewsi.features.bags import BagError, load_bag
+    from fivewsi.runs.loop import predict_files
 
-    outcomes = {r.slide_id: SlideOutcome(r.slide_id, str(r.label)) for r in rows}
-    pending: list[Bag] = []
-    pending_patches = 0
-
-    def flush() -> None:
-        nonlocal pending, pending_patches
-        if pending:
-            _predict_bags(classifier, pending, outcomes)
-        pending, pending_patches = [], 0
-
-    for row in rows:
-        outcome = outcomes[row.slide_id]
-        path = files.get(row.slide_id)
-        if path is None:
-            outcome.error = "no feature file"
-            continue
-        try:
-            bag = load_bag(path)
-        except (BagError, OSError, ValueError, RuntimeError) as exc:
-            outcome.error = f"{type(exc).__name__}: {exc}"
-            continue
-        if bag.n_patches == 0:
-            outcome.error = "no patches"
-            continue
-        if in_dim is not None and bag.dim != int(in_dim):
-            outcome.error = f"feature size {bag.dim}, the model expects {in_dim}"
-            continue
-        bag.slide_id = row.slide_id  # the cohort's id names the prediction
-        if pending and pending_patches + bag.n_patches > MAX_BATCH_PATCHES:
-            flush()
-        pending.append(bag)
-        pending_patches += bag.n_patches
-    flush()
-    return [outcomes[r.slide_id] for r in rows]
-
-
-def _predict_bags(classifier: Any, bags: list[Bag], outcomes: dict[str, SlideOutcome]) -> None:
-    try:
-        predictions = classifier.predict_batch(bags)
-    except Exception:
-        if len(bags) == 1:
-            raise
-        # One bad bag should not sink the batch: predict one by one to find it.
-        for bag in bags:
-            try:
-                _predict_bags(classifier, [bag], outcomes)
-            except Exception as exc:  # recorded per slide, the evaluation goes on
-                log.debug("prediction of %s failed", bag.slide_id, exc_info=True)
-                outcomes[bag.slide_id].error = f"{type(exc).__name__}: {exc}"
-        return
-    for bag, prediction in zip(bags, predictions, strict=True):
-        outcome = outcomes[bag.slide_id]
-        outcome.probabilities = np.asarray(prediction.probabilities, dtype=np.float64)
-        outcome.predicted = str(prediction.predicted)
+    items = [(r.slide_id, files.get(r.slide_id)) for r in rows]
+    outcomes = []
+    for row, result in zip(rows, predict_files(classifier, items), strict=True):
+        outcome = SlideOutcome(row.slide_id, str(row.label), error=result.error)
+        if result.prediction is not None:
+            outcome.probabilities = np.asarray(result.prediction.probabilities, dtype=np.float64)
+            outcome.predicted = str(result.prediction.predicted)
+        outcomes.append(outcome)
+    return outcomes
 
 
 def _training_overlap(run: Path, slide_ids: list[str]) -> list[str]:
     """Evaluated slides that the run trained on, from the run's ``split.csv``."""
-    path = run / "split.csv"
+    from fivewsi.runs.record import SPLIT_FILE
+
+    path = run / SPLIT_FILE
     if not path.is_file():
         return []
     with path.open(newline="", encoding="utf-8") as handle:

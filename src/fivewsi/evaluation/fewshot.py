@@ -35,11 +35,22 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+if TYPE_CHECKING:
+    from fivewsi.runs.record import RunRecord
+    from fivewsi.training.config import TrainConfig
 
-from fivewsi.errors import EvaluationStageError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from fivewsi.errors import EvaluationStageError, RunError
 from fivewsi.evaluation.metrics import METRICS
 from fivewsi.utils.atomic import write_text_atomic
 
@@ -49,12 +60,13 @@ log = logging.getLogger(__name__)
 PRETRAINED_ROW = "five+reports"
 #: The headline metric of the tables.
 HEADLINE = "balanced_accuracy"
-#: Epochs per model when not set: few-shot training sets are tiny, so an epoch is a few steps.
-DEFAULT_EPOCHS = {"five": 40, PRETRAINED_ROW: 40, "label": 40}
+#: Epochs of every model when not set: few-shot training sets are tiny, so an epoch is a few
+#: steps.
+DEFAULT_EPOCHS = 40
 #: TrainConfig settings the grid sets itself.
 _GRID_SETTINGS = frozenset(
-    {"features", "cohort", "out", "classes", "init", "model", "shots", "seed", "objective",
-     "epochs", "attention"}
+    {"features", "cohort", "out", "classes", "init", "model", "model_options", "shots", "seed",
+     "objective", "epochs"}
 )
 #: Few-shot training defaults: no validation slides carved out of k shots, fixed epochs.
 _FEWSHOT_TRAIN_DEFAULTS: dict[str, Any] = {"val_fraction": 0.0, "patience": None}
@@ -67,7 +79,11 @@ class FewshotError(EvaluationStageError, ValueError):
 
 
 class FewshotConfig(BaseModel):
-    """Settings of the few-shot grid (``fivewsi fewshot``).
+    """Settings of the few-shot grid (``fivewsi fewshot``), validated whole when built.
+
+    Every row's training config (the base ``train_options``, the row's ``overrides`` and its
+    ``model_options``) is built once at construction, so a misspelt setting or model option
+    fails at start-up, naming the row, before any cell runs.
 
     Attributes:
         features: folder of bags.
@@ -75,21 +91,23 @@ class FewshotConfig(BaseModel):
         classes: classes CSV (name, description); FiVE scores slides against the descriptions.
         out: the grid's folder.
         models: model names (see ``fivewsi.model.registry``); None: ``five`` and every
-            label-only baseline. ``five+reports`` is added when ``pretrained`` is set.
-        pretrained: a report-pretrained FiVE run: adds the ``five+reports`` row and its
-            zero-shot cell (k = 0).
+            label-only model. ``five+reports`` is added when ``pretrained`` is set.
+        pretrained: a report-pretrained FiVE run: adds the ``five+reports`` row (fine-tuned
+            from it, with its model options) and its zero-shot cell (k = 0).
         shots: labelled slides per class.
         seeds: one run per seed and k; at least 5 for a usable sd (fewer are allowed, with a
             warning, for quick checks).
         epochs: epochs for every model (an int) or per model name ({"abmil": 60}); models
             not named use :data:`DEFAULT_EPOCHS`. Training raises them to make at least
             ``TrainConfig.min_steps`` optimizer steps (set it in ``train_options``).
-        attention: FiVE's TFS attention ("local" or the paper's "full").
-        train_options: other ``TrainConfig`` settings for every run (lr, batch_size,
+        train_options: ``TrainConfig`` training settings for every run (lr, batch_size,
             device, min_steps, ...); few-shot runs hold out no validation slides from the k
             shots and stop at a fixed budget. A cohort's ``val`` rows, when present, are still
             used by training to pick the best epoch (labels beyond the k shots).
-        model_options: ``TrainConfig`` settings per model, over ``train_options``.
+        overrides: per row, ``TrainConfig`` training settings over ``train_options``.
+        model_options: per row, the model's own options (e.g. ``{"five": {"attention":
+            "full"}, "abmil": {"dim": 256}}``); not for ``five+reports``, which keeps the
+            pretrained run's.
         n_bootstrap: bootstrap resamples of each cell's confidence intervals.
         progress: show a progress bar over the cells.
     """
@@ -105,8 +123,8 @@ class FewshotConfig(BaseModel):
     shots: list[int] = Field(default_factory=lambda: [1, 2, 4, 8, 16])
     seeds: list[int] = Field(default_factory=lambda: [0, 1, 2, 3, 4])
     epochs: int | dict[str, int] | None = None
-    attention: Literal["local", "full"] = "local"
     train_options: dict[str, Any] = Field(default_factory=dict)
+    overrides: dict[str, dict[str, Any]] = Field(default_factory=dict)
     model_options: dict[str, dict[str, Any]] = Field(default_factory=dict)
     n_bootstrap: int = Field(1000, ge=0)
     progress: bool = True
@@ -140,7 +158,7 @@ class FewshotConfig(BaseModel):
 
     @model_validator(mode="after")
     def _check(self) -> FewshotConfig:
-        for options in (self.train_options, *self.model_options.values()):
+        for options in (self.train_options, *self.overrides.values()):
             managed = sorted(_GRID_SETTINGS & set(options))
             if managed:
                 raise ValueError(f"the grid sets {managed} itself; use the grid's own settings")
@@ -153,6 +171,23 @@ class FewshotConfig(BaseModel):
                 raise ValueError(f"model {PRETRAINED_ROW!r} needs pretrained (a reports run)")
         if self.pretrained is not None and self.classes is None:
             raise ValueError("pretrained needs classes (descriptions to score slides against)")
+        if PRETRAINED_ROW in self.model_options:
+            raise ValueError(f"{PRETRAINED_ROW} keeps the pretrained run's model options")
+        rows = self.model_names()
+        for what, per_row in (("overrides", self.overrides), ("model_options", self.model_options)):
+            stray = sorted(set(per_row) - set(rows))
+            if stray:
+                raise ValueError(f"{what} for {stray}, which are not rows of the grid {rows}")
+        for row in rows:  # every row's training config, once, before any cell runs
+            if row != PRETRAINED_ROW:
+                try:
+                    self.train_config(row, k=self.shots[0], seed=self.seeds[0])
+                except ValidationError as exc:
+                    problems = "; ".join(
+                        f"{'.'.join(map(str, e['loc'])) or '(config)'}: {e['msg']}"
+                        for e in exc.errors()
+                    )
+                    raise ValueError(f"row {row!r}: {problems}") from None
         return self
 
     def model_names(self) -> list[str]:
@@ -160,7 +195,7 @@ class FewshotConfig(BaseModel):
         from fivewsi.model.registry import list_models
 
         if self.models is None:
-            labels = [n for n, spec in list_models().items() if spec.kind == "label"]
+            labels = [n for n, spec in list_models().items() if not spec.text_aligned]
             names = ["five", *labels]
         else:
             known = set(list_models())
@@ -172,13 +207,46 @@ class FewshotConfig(BaseModel):
             names.insert(0, PRETRAINED_ROW)
         return names
 
-    def epochs_for(self, model: str, kind: str) -> int:
-        """Epochs of ``model`` (of registry ``kind``) in this grid."""
+    def epochs_for(self, model: str) -> int:
+        """Epochs of ``model`` in this grid."""
         if isinstance(self.epochs, int):
             return self.epochs
         if self.epochs and model in self.epochs:
             return self.epochs[model]
-        return DEFAULT_EPOCHS.get(model, DEFAULT_EPOCHS[kind if kind == "label" else "five"])
+        return DEFAULT_EPOCHS
+
+    def train_config(
+        self, row: str, *, k: int, seed: int, pretrained: RunRecord | None = None
+    ) -> TrainConfig:
+        """The training config of the cell (``row``, ``k``, ``seed``); ``pretrained`` is the
+        record of the pretrained run (the ``five+reports`` row trains its architecture)."""
+        from fivewsi.training.config import TrainConfig
+
+        options: dict[str, Any] = {
+            **_FEWSHOT_TRAIN_DEFAULTS,
+            "progress": False,
+            **self.train_options,
+            **self.overrides.get(row, {}),
+        }
+        if row == PRETRAINED_ROW:
+            assert pretrained is not None
+            model, model_options = pretrained.model.architecture, pretrained.model.args
+        else:
+            model, model_options = row, self.model_options.get(row, {})
+        return TrainConfig(
+            features=self.features,
+            cohort=self.cohort,
+            out=self.out / "runs" / row / f"k{k}" / f"seed{seed}",
+            classes=self.classes,
+            init=self.pretrained if row == PRETRAINED_ROW else None,
+            model=model,
+            model_options=model_options,
+            objective="classes",
+            epochs=self.epochs_for(row),
+            shots=k,
+            seed=seed,
+            **options,
+        )
 
 
 @dataclass
@@ -245,20 +313,25 @@ def run_fewshot(config: FewshotConfig) -> FewshotResult:
     Cells that fail are logged and recorded (``cells.csv``) and left out of the tables; the
     others go on.
     """
-    from fivewsi.model.registry import get_model_spec
+    from fivewsi.runs.record import read_record
     from fivewsi.utils.logs import make_progress
 
     start = time.perf_counter()
     models = config.model_names()
     if len(config.seeds) < 5:
         log.warning("%d seeds: mean ± sd over fewer than 5 seeds is unreliable", len(config.seeds))
-    if config.pretrained is not None and not (config.pretrained / "run.json").is_file():
-        raise FewshotError(f"pretrained run not found: {config.pretrained} has no run.json")
+    pretrained = None
+    if config.pretrained is not None:
+        try:
+            pretrained = read_record(config.pretrained)
+        except RunError as exc:
+            raise FewshotError(f"pretrained run: {exc}") from None
+        config.train_config(PRETRAINED_ROW, k=config.shots[0], seed=config.seeds[0],
+                            pretrained=pretrained)  # fails now, not in every cell
     runs = config.out / "runs"
     cells: list[FewshotCell] = []
     if config.pretrained is not None:
         cells.append(FewshotCell(PRETRAINED_ROW, 0, None, runs / PRETRAINED_ROW / "k0"))
-    kinds = {m: "text" if m == PRETRAINED_ROW else get_model_spec(m).kind for m in models}
     # k, then seed, then model: an interrupted grid already compares the models at small k.
     cells += [
         FewshotCell(model, k, seed, runs / model / f"k{k}" / f"seed{seed}")
@@ -274,7 +347,7 @@ def run_fewshot(config: FewshotConfig) -> FewshotResult:
         bar = bars.add_task("few-shot cells", total=len(cells), rate="")
         for cell in cells:
             bars.update(bar, rate=f"{cell.model} k={cell.k}")
-            _run_cell(cell, config, kinds.get(cell.model, "text"))
+            _run_cell(cell, config, pretrained)
             _write_cells(config.out / "cells.csv", cells)
             bars.advance(bar)
 
@@ -329,12 +402,17 @@ def _finished_elsewhere(config: FewshotConfig, cells: Sequence[FewshotCell]) -> 
     return found
 
 
-def _run_cell(cell: FewshotCell, config: FewshotConfig, kind: str) -> None:
+def _run_cell(cell: FewshotCell, config: FewshotConfig, pretrained: RunRecord | None) -> None:
     from fivewsi.evaluation.evaluate import evaluate_run
 
     metrics_path = cell.run / "metrics.json"
     try:
-        train_config = None if cell.k == 0 else _train_config(cell, config, kind)
+        train_config = None
+        if cell.k > 0:
+            assert cell.seed is not None
+            train_config = config.train_config(
+                cell.model, k=cell.k, seed=cell.seed, pretrained=pretrained
+            )
         if metrics_path.is_file():
             _check_same_settings(cell, train_config, config)
             _read_metrics(cell, metrics_path)
@@ -378,32 +456,6 @@ def _eval_device(config: FewshotConfig) -> str:
     return device
 
 
-def _train_config(cell: FewshotCell, config: FewshotConfig, kind: str) -> Any:
-    from fivewsi.training.config import TrainConfig
-
-    model = "five" if cell.model == PRETRAINED_ROW else cell.model
-    options: dict[str, Any] = {
-        **_FEWSHOT_TRAIN_DEFAULTS,
-        "progress": False,
-        **config.train_options,
-        **config.model_options.get(cell.model, {}),
-    }
-    return TrainConfig(
-        features=config.features,
-        cohort=config.cohort,
-        out=cell.run,
-        classes=config.classes,
-        init=config.pretrained if cell.model == PRETRAINED_ROW else None,
-        model=model,
-        objective="classes",
-        epochs=config.epochs_for(cell.model, kind),
-        shots=cell.k,
-        seed=cell.seed,
-        attention=config.attention,
-        **options,
-    )
-
-
 def _check_same_settings(cell: FewshotCell, train_config: Any, config: FewshotConfig) -> None:
     """Refuse to reuse a finished cell whose run was trained (or scored) with other settings."""
     if train_config is None:  # zero-shot: the evaluated run and descriptions must match
@@ -416,10 +468,14 @@ def _check_same_settings(cell: FewshotCell, train_config: Any, config: FewshotCo
                 f"{expected}); use another out folder or delete it"
             )
         return
-    run_json = cell.run / "run.json"
-    if not run_json.is_file():
+    from fivewsi.runs.record import RUN_FILE, read_record
+
+    if not (cell.run / RUN_FILE).is_file():
         return
-    stored = json.loads(run_json.read_text(encoding="utf-8")).get("config", {})
+    try:
+        stored = read_record(cell.run).config
+    except RunError as exc:
+        raise FewshotError(f"{cell.run}: {exc}") from None
     wanted = train_config.result_settings()
     differ = sorted(
         key for key, value in wanted.items() if key in stored and stored[key] != value

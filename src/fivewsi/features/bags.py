@@ -19,7 +19,6 @@ import h5py
 import numpy as np
 
 from fivewsi.errors import FeatureStageError
-from fivewsi.slides.readers import slide_id_from_path
 from fivewsi.utils.atomic import atomic_path
 
 #: Attributes TRIDENT writes on ``coords``; fivewsi writes all of them.
@@ -152,7 +151,7 @@ def load_bag(path: str | os.PathLike[str]) -> Bag:
             raise BagError(
                 f"{path.name}: {features.shape[0]} features but {coords.shape[0]} coords"
             )
-    slide_id = str(attrs.get("name") or slide_id_from_path(path))
+    slide_id = str(attrs.get("name") or _slide_id(path))
     return Bag(slide_id, features, coords, attrs, path)
 
 
@@ -174,4 +173,11 @@ def _load_pt(path: Path) -> Bag:
     if not isinstance(tensor, torch.Tensor):
         raise BagError(f"{path.name}: expected a tensor of features, got {type(tensor).__name__}")
     features = _squeeze_bag(tensor.float().numpy(), path)
-    return Bag(slide_id_from_path(path), features, None, {}, path)
+    return Bag(_slide_id(path), features, None, {}, path)
+
+
+def _slide_id(path: Path) -> str:
+    # Imported here: the slides package loads OpenCV, which reading a bag does not need.
+    from fivewsi.slides.readers import slide_id_from_path
+
+    return slide_id_from_path(path)

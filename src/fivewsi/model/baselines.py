@@ -1,9 +1,11 @@
 """Label-only multiple-instance-learning (MIL) baselines that FiVE is compared against.
 
 Each baseline turns a padded :class:`~fivewsi.model.outputs.BagBatch` of patch features into class
-logits with a linear head over class indices (``kind="label"`` in the registry). All of them:
+logits with a linear head over class indices (a :class:`~fivewsi.model.interfaces.LabelModel`).
+All of them:
 
-* are built as ``create_model(name, in_dim=..., n_classes=..., **options)``;
+* declare their options as a pydantic model next to their class (defaults = training defaults)
+  and are built as ``create_model(name, in_dim=..., n_classes=..., **options)``;
 * take ``forward(batch, labels=None)`` and return an :class:`AggregatorOutput` with ``logits``
   ``[B, C]``, ``embedding`` ``[B, E]`` and ``patch_attention`` ``[B, N]`` (sums to 1 over a bag's
   real patches, exactly 0 on padding);
@@ -55,16 +57,17 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import Tensor, nn
 
+from fivewsi.model.interfaces import LabelModel
 from fivewsi.model.outputs import AggregatorOutput, BagBatch
-from fivewsi.model.registry import register_model
+from fivewsi.model.registry import ModelOptions, register_model
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
     "ABMIL",
-    "BASELINE_NAMES",
     "CLAMSB",
     "DSMIL",
     "MILClassifier",
@@ -76,8 +79,47 @@ __all__ = [
     "moore_penrose_pinv",
 ]
 
-#: Names under which this module registers its models.
-BASELINE_NAMES = ("mean", "max", "abmil", "dsmil", "transmil", "clam-sb")
+class PooledOptions(ModelOptions):
+    """Options of ``mean`` and ``max``: hidden size and dropout of the per-patch MLP."""
+
+    dim: int = Field(512, ge=1)
+    dropout: float = Field(0.25, ge=0, lt=1)
+
+
+class ABMILOptions(PooledOptions):
+    """Options of ``abmil``: :class:`PooledOptions` and the gated attention's width."""
+
+    attention_dim: int = Field(256, ge=1)
+
+
+class DSMILOptions(ModelOptions):
+    """Options of ``dsmil`` (see :class:`DSMIL`); training adds the per-patch MLP (dim 512)."""
+
+    dim: int | None = Field(512, ge=1)
+    dropout: float = Field(0.0, ge=0, lt=1)
+    query_dim: int = Field(128, ge=1)
+    nonlinear: bool = True
+    passing_v: bool = False
+
+
+class TransMILOptions(ModelOptions):
+    """Options of ``transmil`` (see :class:`TransMIL`)."""
+
+    dim: int = Field(512, ge=1)
+    dropout: float = Field(0.1, ge=0, lt=1)
+    heads: int = Field(8, ge=1)
+    num_landmarks: int | None = Field(None, ge=1)
+    pinv_iterations: int = Field(6, ge=1)
+    residual_kernel: int = Field(33, ge=1)
+
+
+class CLAMSBOptions(ABMILOptions):
+    """Options of ``clam-sb`` (see :class:`CLAMSB`)."""
+
+    k_sample: int = Field(8, ge=1)
+    bag_weight: float = Field(0.7, gt=0, le=1)
+    subtyping: bool = True
+    instance_loss: Literal["ce", "svm"] = "ce"
 
 
 def masked_softmax(scores: Tensor, mask: Tensor, dim: int = 1) -> Tensor:
@@ -133,7 +175,7 @@ def _patch_mlp(in_dim: int, dim: int, dropout: float) -> nn.Sequential:
     return nn.Sequential(nn.Linear(in_dim, dim), nn.ReLU(), nn.Dropout(dropout))
 
 
-class MILClassifier(nn.Module, abc.ABC):
+class MILClassifier(LabelModel):
     """Common base of the label-only baselines: a bag → class-logits model.
 
     Subclasses implement :meth:`forward`. ``in_dim`` is the patch feature size, ``n_classes`` the
@@ -206,7 +248,7 @@ class _PooledMIL(MILClassifier):
 
 @register_model(
     "mean",
-    kind="label",
+    options=PooledOptions,
     description="Mean pooling of per-patch MLP features, linear classifier.",
 )
 class MeanMIL(_PooledMIL):
@@ -222,7 +264,7 @@ class MeanMIL(_PooledMIL):
 
 @register_model(
     "max",
-    kind="label",
+    options=PooledOptions,
     description="Max pooling of per-patch MLP features, linear classifier.",
 )
 class MaxMIL(_PooledMIL):
@@ -243,7 +285,7 @@ class MaxMIL(_PooledMIL):
 
 @register_model(
     "abmil",
-    kind="label",
+    options=ABMILOptions,
     description="Gated attention MIL (Ilse et al., ICML 2018).",
 )
 class ABMIL(MILClassifier):
@@ -281,7 +323,7 @@ class ABMIL(MILClassifier):
 
 @register_model(
     "dsmil",
-    kind="label",
+    options=DSMILOptions,
     description="Dual-stream MIL: max-instance stream plus critical-instance attention "
     "(Li et al., CVPR 2021).",
 )
@@ -478,7 +520,7 @@ class PPEG(nn.Module):
 
 @register_model(
     "transmil",
-    kind="label",
+    options=TransMILOptions,
     description="TransMIL: Nyström-attention transformer with PPEG position encoding "
     "(Shao et al., NeurIPS 2021).",
 )
@@ -579,7 +621,7 @@ def _smooth_top1_svm(logits: Tensor, targets: Tensor, alpha: float = 1.0, tau: f
 
 @register_model(
     "clam-sb",
-    kind="label",
+    options=CLAMSBOptions,
     description="Single-branch CLAM: gated attention with instance-level clustering "
     "(Lu et al., Nat. Biomed. Eng. 2021).",
 )

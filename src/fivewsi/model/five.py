@@ -21,16 +21,25 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 import torch.nn.functional as F
+from pydantic import BaseModel, Field, model_validator
 from torch import Tensor, nn
 
+from fivewsi.model.interfaces import ModelTask, TextAlignedModel
 from fivewsi.model.outputs import AggregatorOutput, BagBatch
-from fivewsi.model.registry import register_model
-from fivewsi.model.text import TextEncoder
-from fivewsi.model.tfs import AttentionMode, TFSAggregator
+from fivewsi.model.registry import ModelOptions, register_model
+from fivewsi.model.text import DEFAULT_TEXT_ENCODER, TextEncoder
+from fivewsi.model.tfs import (
+    DEFAULT_BLOCK_SIZE,
+    DEFAULT_CHECKPOINT_PATCHES,
+    DEFAULT_CHUNK_SIZE,
+    AttentionMode,
+    TFSAggregator,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -40,7 +49,50 @@ MAX_LOGIT_SCALE = 100.0
 TEXT_ENCODER_PREFIX = "text_encoder."
 
 
-class FiveModel(nn.Module):
+class FiveOptions(ModelOptions):
+    """FiVE's options (the defaults are those of ``fivewsi train``).
+
+    Attributes:
+        dim: joint embedding width. heads / dropout: TFS attention heads and dropout.
+        n_learnable_prompts: learnable prompts after the question prompts.
+        attention: TFS self-attention, ``"local"`` (linear) or ``"full"`` (paper).
+        logit_scale: None → learnable temperature; a float → fixed (the paper uses 300).
+        text_encoder: packaged name, local folder or cached Hugging Face repo of the text model.
+        lora, lora_r, lora_alpha, lora_dropout: tune the text encoder with LoRA.
+        block_size, shift, chunk_size, checkpoint_patches: see
+            :class:`~fivewsi.model.tfs.TFSAggregator`.
+    """
+
+    dim: int = Field(512, ge=8)
+    n_learnable_prompts: int = Field(16, ge=0)
+    heads: int = Field(8, ge=1)
+    dropout: float = Field(0.1, ge=0, lt=1)
+    attention: AttentionMode = "local"
+    logit_scale: float | None = Field(None, gt=0)
+    text_encoder: str = DEFAULT_TEXT_ENCODER
+    lora: bool = False
+    lora_r: int = Field(8, ge=1)
+    lora_alpha: int = Field(32, ge=1)
+    lora_dropout: float = Field(0.05, ge=0, lt=1)
+    block_size: int = Field(DEFAULT_BLOCK_SIZE, ge=2)
+    shift: bool = True
+    chunk_size: int = Field(DEFAULT_CHUNK_SIZE, ge=1)
+    checkpoint_patches: int = Field(DEFAULT_CHECKPOINT_PATCHES, ge=0)
+
+    @model_validator(mode="after")
+    def _check(self) -> FiveOptions:
+        if self.dim % self.heads:
+            raise ValueError(f"dim {self.dim} is not divisible by heads {self.heads}")
+        return self
+
+
+@register_model(
+    "five",
+    options=FiveOptions,
+    description="FiVE: question + learnable prompts guide a TFS aggregator (local or full "
+    "self-attention); slides scored by similarity to texts",
+)
+class FiveModel(TextAlignedModel):
     """FiVE: prompts from questions (+ learnable), TFS aggregation, slide-text similarity.
 
     Args:
@@ -91,10 +143,36 @@ class FiveModel(nn.Module):
             self.log_logit_scale = nn.Parameter(torch.tensor(initial))
         else:
             self.register_buffer("log_logit_scale", torch.tensor(initial))
-        self.n_prompts = len(self.questions) + n_learnable_prompts
-        self.prompt_names = self.questions + [
+        self._prompt_names = self.questions + [
             f"learnable-{i + 1}" for i in range(n_learnable_prompts)
         ]
+
+    @classmethod
+    def build(cls, task: ModelTask, options: BaseModel, *, lazy: bool = False) -> FiveModel:
+        """FiVE for ``task.questions`` with :class:`FiveOptions`; a ``lazy`` text encoder loads
+        its transformer only for texts it has not been given (see :meth:`remember_texts`)."""
+        assert isinstance(options, FiveOptions)
+        encoder = TextEncoder(
+            options.text_encoder,
+            lora=options.lora,
+            lora_r=options.lora_r,
+            lora_alpha=options.lora_alpha,
+            lora_dropout=options.lora_dropout,
+            lazy=lazy,
+        )
+        settings = options.model_dump(
+            exclude={"text_encoder", "lora", "lora_r", "lora_alpha", "lora_dropout"}
+        )
+        return cls(task.in_dim, list(task.questions), encoder, **settings)
+
+    @property
+    def prompt_names(self) -> list[str]:
+        """The question texts, then ``learnable-1`` … (rows of ``prompt_attention``)."""
+        return list(self._prompt_names)
+
+    @property
+    def n_prompts(self) -> int:
+        return len(self._prompt_names)
 
     @property
     def logit_scale(self) -> Tensor:
@@ -113,11 +191,14 @@ class FiveModel(nn.Module):
         parts.append(F.normalize(self.learnable_prompts, dim=-1))
         return torch.cat(parts, dim=0)
 
-    def forward(self, batch: BagBatch, prompt_mask: Tensor | None = None) -> AggregatorOutput:
+    def forward(
+        self, batch: BagBatch, prompt_mask: Tensor | None = None, labels: Tensor | None = None
+    ) -> AggregatorOutput:
         """Slide embeddings (normalised) and attention maps for ``batch``.
 
         ``prompt_mask`` [P] bool (True = keep) drops prompts from the pooled slide embedding and
         from ``patch_attention``, as FiVE's pretraining drops questions with their answers.
+        ``labels`` are not used: FiVE has no auxiliary loss.
         """
         out = self.aggregator(batch, self.prompts(), prompt_mask)
         return AggregatorOutput(
@@ -132,43 +213,35 @@ class FiveModel(nn.Module):
         cosine = F.normalize(embedding, dim=-1) @ F.normalize(text_embedding, dim=-1).T
         return self.logit_scale * cosine
 
-    def portable_state_dict(self) -> dict[str, Tensor]:
-        """Weights to save in a run: everything but the text encoder's base weights.
+    def text_features(self, texts: Sequence[str]) -> Tensor:
+        """``[T, H]`` text-encoder outputs (before the projection), without gradients."""
+        with torch.no_grad():
+            return self.text_encoder(list(texts)).detach().cpu()
 
-        LoRA adapter weights (when the encoder has them) are included; the base text model is
-        recorded by name in the run instead.
-        """
-        state = {
-            name: tensor.detach().clone()
-            for name, tensor in self.state_dict().items()
-            if not name.startswith(TEXT_ENCODER_PREFIX)
-        }
-        for name, tensor in self.text_encoder.lora_state_dict().items():
-            state[TEXT_ENCODER_PREFIX + name] = tensor
-        return state
+    def remember_texts(self, texts: Sequence[str], features: Tensor) -> None:
+        self.text_encoder.remember(texts, features)
 
-    def load_portable_state_dict(self, state: dict[str, Tensor]) -> None:
-        """Load what :meth:`portable_state_dict` saved; fails on any other missing weight."""
-        result = self.load_state_dict(state, strict=False)
-        expected = set(self.portable_state_dict())
-        missing = [key for key in result.missing_keys if key in expected]
-        if missing or result.unexpected_keys:
-            raise RuntimeError(
-                f"weights do not fit FiveModel: missing {missing[:5]}, "
-                f"unexpected {list(result.unexpected_keys)[:5]}"
-            )
+    def clear_text_cache(self) -> None:
         self.text_encoder.clear_cache()
 
+    def frozen_state_keys(self) -> set[str]:
+        """The text encoder's base weights and buffers (LoRA adapters are saved)."""
+        trainable = {name for name, p in self.named_parameters() if p.requires_grad}
+        return {
+            key
+            for key in self.state_dict()
+            if key.startswith(TEXT_ENCODER_PREFIX) and key not in trainable
+        }
 
-@register_model(
-    "five",
-    kind="text",
-    description="FiVE: question + learnable prompts guide a TFS aggregator (local or full "
-    "self-attention); slides scored by similarity to texts",
-)
-def five(
-    in_dim: int, questions: list[str], text_encoder: TextEncoder | str, **options: Any
-) -> FiveModel:
-    """Registry factory: a :class:`FiveModel` (``text_encoder`` may also be a name or folder)."""
-    encoder = TextEncoder(text_encoder) if isinstance(text_encoder, str) else text_encoder
-    return FiveModel(in_dim, questions, encoder, **options)
+    def load_saved_state_dict(self, state: dict[str, Tensor]) -> None:
+        """Load saved weights; LoRA weights wait in a lazy text encoder until it loads."""
+        text = {k: v for k, v in state.items() if k.startswith(TEXT_ENCODER_PREFIX)}
+        if not self.text_encoder.loaded and text:
+            if not self.text_encoder.lora:
+                raise ValueError(f"weights do not fit FiveModel: unexpected {sorted(text)[:5]}")
+            self.text_encoder.load_lora_state(
+                {k.removeprefix(TEXT_ENCODER_PREFIX): v for k, v in text.items()}
+            )
+            state = {k: v for k, v in state.items() if k not in text}
+        super().load_saved_state_dict(state)
+        self.text_encoder.clear_cache()

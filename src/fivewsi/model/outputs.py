@@ -14,9 +14,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 from torch import Tensor
+
+if TYPE_CHECKING:
+    from fivewsi.features.bags import Bag
 
 
 @dataclass
@@ -75,6 +80,37 @@ class BagBatch:
         return cls(out, grid, mask, ids)
 
 
+def grid_coords(bag: Bag) -> Tensor:
+    """The bag's patch positions in patch-grid units, ``[N, 2]`` float.
+
+    Level-0 coords are divided by the patch side in level-0 pixels (``patch_size_level0``);
+    without that attribute the side is guessed as the smallest step between distinct coords;
+    bags without coords get raster positions.
+
+    Example:
+        >>> import numpy as np
+        >>> from fivewsi.features.bags import Bag
+        >>> bag = Bag("s", np.zeros((2, 3), np.float32), np.array([[0, 0], [512, 256]]),
+        ...           {"patch_size_level0": 256})
+        >>> grid_coords(bag).tolist()
+        [[0.0, 0.0], [2.0, 1.0]]
+    """
+    if bag.coords is None:
+        return raster_coords(bag.n_patches)
+    coords = np.asarray(bag.coords, dtype=np.float64)
+    side = bag.patch_size_level0 or _guess_step(coords)
+    return torch.from_numpy(coords / float(side)).float()
+
+
+def _guess_step(coords: np.ndarray) -> float:
+    steps = []
+    for axis in (0, 1):
+        values = np.unique(coords[:, axis])
+        if len(values) > 1:
+            steps.append(float(np.diff(values).min()))
+    return min(steps) if steps else 1.0
+
+
 def raster_coords(n: int) -> Tensor:
     """Grid positions of ``n`` patches laid out row by row in a square (bags without coords)."""
     side = max(1, int(n**0.5 + 0.999))
@@ -105,3 +141,9 @@ class AggregatorOutput:
     prompt_attention: Tensor | None = None
     prompt_tokens: Tensor | None = None
     aux_loss: Tensor | None = None
+
+
+def bag_batch(bags: Sequence[Bag]) -> BagBatch:
+    """One padded :class:`BagBatch` of loaded bags (every patch, grid coords, their ids)."""
+    features = [torch.from_numpy(np.asarray(b.features, np.float32)) for b in bags]
+    return BagBatch.from_bags(features, [grid_coords(b) for b in bags], [b.slide_id for b in bags])

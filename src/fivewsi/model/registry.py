@@ -1,29 +1,41 @@
 """The one registry of slide aggregators: FiVE's TFS model and the label-only MIL baselines.
 
-A model is registered under a name with a factory. ``kind`` says how it classifies:
-``"text"`` models (FiVE) score classes by similarity to class descriptions and can learn from
-reports; ``"label"`` models (mean, max, ABMIL, DSMIL, TransMIL, CLAM-SB) have a linear head over
-class indices and learn from labelled slides only, as in the paper's comparison.
+A model is registered under a name with its class (a :class:`~fivewsi.model.interfaces.SlideModel`)
+and its options (a pydantic model, ``extra="forbid"``, whose defaults are the model's training
+defaults). :class:`~fivewsi.model.interfaces.TextAlignedModel` models (FiVE) score classes by
+similarity to class descriptions and can learn from reports;
+:class:`~fivewsi.model.interfaces.LabelModel` models (mean, max, ABMIL, DSMIL, TransMIL, CLAM-SB)
+have a head over class indices and learn from labelled slides only, as in the paper's comparison.
 
 Example:
-    >>> from fivewsi.model.registry import list_models
+    >>> from fivewsi.model.registry import get_model_spec, list_models
     >>> sorted(list_models())[:3]
     ['abmil', 'clam-sb', 'dsmil']
+    >>> get_model_spec("abmil").validate_options({"dim": 256})["dim"]
+    256
 """
 
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, TypeVar
 
-from torch import nn
+from pydantic import BaseModel, ConfigDict
+
+from fivewsi.model.interfaces import ModelTask, Objective, SlideModel
 
 #: Modules whose import registers models.
 _MODEL_MODULES = ("fivewsi.model.five", "fivewsi.model.baselines")
 
-Kind = Literal["text", "label"]
+M = TypeVar("M", bound=type[SlideModel])
+
+
+class ModelOptions(BaseModel):
+    """Base of every model's options: unknown (misspelt) options are refused."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 @dataclass(frozen=True)
@@ -31,9 +43,29 @@ class ModelSpec:
     """What the registry knows about a model before building it."""
 
     name: str
-    factory: Callable[..., nn.Module]
-    kind: Kind
+    model: type[SlideModel]
+    options: type[ModelOptions]
     description: str
+
+    @property
+    def objectives(self) -> tuple[Objective, ...]:
+        """What the model can learn from (``"reports"``, ``"classes"``)."""
+        return self.model.objectives
+
+    @property
+    def text_aligned(self) -> bool:
+        """Whether the model scores classes by their descriptions."""
+        return self.model.text_aligned
+
+    def validate_options(self, options: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """``options`` over the defaults, validated (a ValidationError names a bad one)."""
+        return self.options.model_validate(dict(options or {})).model_dump(mode="json")
+
+    def build(
+        self, task: ModelTask, options: Mapping[str, Any] | None = None, *, lazy: bool = False
+    ) -> SlideModel:
+        """The model for ``task`` with ``options`` over the defaults."""
+        return self.model.build(task, self.options.model_validate(dict(options or {})), lazy=lazy)
 
 
 _REGISTRY: dict[str, ModelSpec] = {}
@@ -41,19 +73,15 @@ _loaded = False
 
 
 def register_model(
-    name: str, *, kind: Kind, description: str
-) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
-    """Decorator registering a model factory (a class or a function) under ``name``.
+    name: str, *, options: type[ModelOptions], description: str
+) -> Callable[[M], M]:
+    """Class decorator registering a :class:`SlideModel` under ``name`` with its options."""
 
-    Label models are built as ``factory(in_dim=..., n_classes=..., **options)``; text models as
-    ``factory(in_dim=..., questions=..., text_encoder=..., **options)``.
-    """
-
-    def decorate(factory: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-        if name in _REGISTRY and _REGISTRY[name].factory is not factory:
+    def decorate(model: M) -> M:
+        if name in _REGISTRY and _REGISTRY[name].model is not model:
             raise ValueError(f"model {name!r} is already registered")
-        _REGISTRY[name] = ModelSpec(name, factory, kind, description)
-        return factory
+        _REGISTRY[name] = ModelSpec(name, model, options, description)
+        return model
 
     return decorate
 
@@ -80,6 +108,21 @@ def get_model_spec(name: str) -> ModelSpec:
     return models[name]
 
 
-def create_model(name: str, **options: Any) -> nn.Module:
-    """Build the model registered as ``name`` with ``options`` passed to its factory."""
-    return get_model_spec(name).factory(**options)
+def create_model(
+    name: str,
+    *,
+    in_dim: int,
+    n_classes: int = 0,
+    questions: list[str] | tuple[str, ...] = (),
+    lazy: bool = False,
+    **options: Any,
+) -> SlideModel:
+    """Build the model registered as ``name`` for a task, with ``options`` over its defaults.
+
+    Example:
+        >>> model = create_model("abmil", in_dim=16, n_classes=3, dim=32)
+        >>> model.n_classes, model.dim
+        (3, 32)
+    """
+    task = ModelTask(int(in_dim), int(n_classes), tuple(questions))
+    return get_model_spec(name).build(task, options, lazy=lazy)

@@ -10,6 +10,10 @@ Frozen (the default) the encoder runs without gradients and caches each string's
 question prompts and class descriptions are encoded once. With ``lora=True`` the attention and
 dense projections get LoRA adapters (peft) and every call runs with gradients.
 
+Built with ``lazy=True`` (a trained run loaded for inference) the transformer, and
+``transformers`` itself, load only when a text must really be encoded: the run's own texts are
+given beforehand with :meth:`TextEncoder.remember`.
+
 Example:
     >>> encoder = TextEncoder()  # doctest: +SKIP
     >>> encoder(["poorly differentiated", "vascular invasion present"]).shape  # doctest: +SKIP
@@ -19,6 +23,7 @@ Example:
 from __future__ import annotations
 
 import importlib.util
+import json
 import logging
 import warnings
 from collections.abc import Iterator, Sequence
@@ -94,6 +99,21 @@ def resolve_text_model(name_or_path: str) -> Path:
         "--local-dir DIR`), or download the repo into the Hugging Face cache beforehand; "
         "fivewsi never downloads models"
     )
+
+
+def _config_shape(folder: Path) -> tuple[int, int] | None:
+    """(hidden size, hidden states) from a model folder's config.json; None when not stated."""
+    try:
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+        return int(config["hidden_size"]), int(config["num_hidden_layers"]) + 1
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def text_encoder_prefixes(model: nn.Module) -> list[str]:
+    """State-dict prefixes of the text encoders inside ``model`` (e.g. ``"text_encoder."``)."""
+    return [f"{name}." if name else "" for name, m in model.named_modules()
+            if isinstance(m, TextEncoder)]
 
 
 def _looks_like_repo_id(text: str) -> bool:
@@ -184,60 +204,89 @@ class TextEncoder(nn.Module):
         lora_dropout: float = 0.05,
         layers: Sequence[int] = (1, 2, -1),
         max_length: int = 128,
+        lazy: bool = False,
     ) -> None:
         super().__init__()
-        from transformers import AutoModel, AutoTokenizer
-
         folder = resolve_text_model(name_or_path)
-        with _quiet_transformers():
-            self.tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
-            model = AutoModel.from_pretrained(folder, local_files_only=True, dtype=torch.float32)
         self.name = str(name_or_path)
         self.path = folder
-        self.hidden_size = int(model.config.hidden_size)
-        n_states = int(model.config.num_hidden_layers) + 1
         self.layers = tuple(int(layer) for layer in layers)
+        self.max_length = int(max_length)
+        self.lora = bool(lora)
+        self._lora_settings = {"r": lora_r, "lora_alpha": lora_alpha, "lora_dropout": lora_dropout}
+        # Marks the module's device while the transformer is not loaded (not saved).
+        self.register_buffer("_anchor", torch.empty(0), persistent=False)
+        self.model: nn.Module | None = None
+        self._cache: dict[str, Tensor] = {}
+        self._known: dict[str, Tensor] = {}
+        self._pending: dict[str, Tensor] = {}
+        #: How many strings actually went through the transformer (cache misses included only).
+        self.n_encoded = 0
+        shape = _config_shape(folder)
+        if shape is None or not lazy:
+            self._load()
+        else:
+            self.hidden_size, n_states = shape
+            self._check_layers(n_states)
+
+    @property
+    def loaded(self) -> bool:
+        """Whether the transformer is in memory (a lazy encoder loads it for a new text)."""
+        return self.model is not None
+
+    def _check_layers(self, n_states: int) -> None:
         bad = [layer for layer in self.layers if not -n_states <= layer < n_states]
         if not self.layers or bad:
             raise ValueError(
                 f"layers {list(self.layers)} out of range for {n_states} hidden states "
                 f"(0 = embeddings, 1..{n_states - 1} transformer layers, -1 = last)"
             )
-        self.max_length = int(max_length)
-        self.lora = bool(lora)
+
+    def _load(self) -> nn.Module:
+        """Load the transformer (and its LoRA adapters); imports transformers on first use."""
+        if self.model is not None:
+            return self.model
+        from transformers import AutoModel, AutoTokenizer
+
+        with _quiet_transformers():
+            self.tokenizer = AutoTokenizer.from_pretrained(self.path, local_files_only=True)
+            model = AutoModel.from_pretrained(
+                self.path, local_files_only=True, dtype=torch.float32
+            )
+        self.hidden_size = int(model.config.hidden_size)
+        self._check_layers(int(model.config.num_hidden_layers) + 1)
         for parameter in model.parameters():
             parameter.requires_grad_(False)
         if self.lora:
             from peft import LoraConfig, get_peft_model
 
             config = LoraConfig(
-                r=lora_r,
-                lora_alpha=lora_alpha,
-                lora_dropout=lora_dropout,
-                target_modules=lora_target_pattern(model),
-                bias="none",
+                **self._lora_settings, target_modules=lora_target_pattern(model), bias="none"
             )
             with warnings.catch_warnings():
                 # peft asks transformers a deprecated question; nothing the user can act on.
                 warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
                 model = get_peft_model(model, config)
-        else:
+        if not self.lora or not self.training:
             model.eval()
-        self.model = model
-        self._cache: dict[str, Tensor] = {}
-        #: How many strings actually went through the transformer (cache misses included only).
-        self.n_encoded = 0
+        self.model = model.to(self._anchor.device)
+        if self._pending:  # trained LoRA weights loaded before the transformer was
+            result = self.load_state_dict(self._pending, strict=False)
+            if result.unexpected_keys:
+                raise ValueError(f"LoRA weights do not fit: {result.unexpected_keys[:5]}")
+            self._pending = {}
+        return self.model
 
     def train(self, mode: bool = True) -> TextEncoder:
         """Frozen encoders stay in eval mode (no dropout), so cached outputs stay valid."""
         super().train(mode)
-        if not self.lora:
+        if not self.lora and self.model is not None:
             self.model.eval()
         return self
 
     @property
     def device(self) -> torch.device:
-        return next(self.model.parameters()).device
+        return self._anchor.device
 
     def forward(self, texts: list[str]) -> Tensor:
         """``[T, hidden_size]`` embeddings of ``texts`` (masked token mean of ``layers``)."""
@@ -246,16 +295,37 @@ class TextEncoder(nn.Module):
         if not texts:
             return torch.zeros(0, self.hidden_size, device=self.device)
         if self.lora:
-            return self._encode(list(texts))
-        missing = list(dict.fromkeys(text for text in texts if text not in self._cache))
+            known = not torch.is_grad_enabled() and all(text in self._known for text in texts)
+            if not known:
+                return self._encode(list(texts))
+            return torch.stack([self._known[text] for text in texts]).to(self.device)
+        missing = list(
+            dict.fromkeys(t for t in texts if t not in self._cache and t not in self._known)
+        )
         if missing:
             with torch.no_grad():
                 encoded = self._encode(missing).detach().cpu()
             for text, row in zip(missing, encoded, strict=True):
                 self._cache[text] = row
-        return torch.stack([self._cache[text] for text in texts]).to(self.device)
+        rows = [self._cache[t] if t in self._cache else self._known[t] for t in texts]
+        return torch.stack(rows).to(self.device)
+
+    def remember(self, texts: Sequence[str], features: Tensor) -> None:
+        """Use ``features`` ``[T, hidden_size]`` as the outputs for ``texts`` from now on.
+
+        A trained run stores its own texts' outputs (question prompts, class descriptions), so
+        a lazy encoder scores them without loading the transformer. LoRA encoders use them only
+        without gradients (inference), where they equal what the tuned encoder would return.
+        """
+        if features.shape != (len(texts), self.hidden_size):
+            raise ValueError(
+                f"text features {tuple(features.shape)} do not fit {len(texts)} texts × "
+                f"{self.hidden_size}"
+            )
+        self._known.update(zip(texts, features.detach().cpu().float(), strict=True))
 
     def _encode(self, texts: list[str]) -> Tensor:
+        model = self._load()
         tokens = self.tokenizer(
             texts,
             padding=True,
@@ -263,7 +333,7 @@ class TextEncoder(nn.Module):
             max_length=self.max_length,
             return_tensors="pt",
         ).to(self.device)
-        output = self.model(**tokens, output_hidden_states=True)
+        output = model(**tokens, output_hidden_states=True)
         mask = tokens["attention_mask"].unsqueeze(-1).to(torch.float32)
         count = mask.sum(1).clamp_min(1.0)
         pooled = [(output.hidden_states[layer] * mask).sum(1) / count for layer in self.layers]
@@ -274,10 +344,23 @@ class TextEncoder(nn.Module):
         """Forget cached embeddings (e.g. after loading other base weights)."""
         self._cache.clear()
 
+    def load_lora_state(self, state: dict[str, Tensor]) -> None:
+        """Load trained LoRA weights (keys as in :meth:`lora_state_dict`); a lazy encoder that
+        is not loaded yet keeps them until it loads."""
+        if self.model is None:
+            self._pending.update(state)
+            return
+        result = self.load_state_dict(state, strict=False)
+        if result.unexpected_keys:
+            raise ValueError(f"LoRA weights do not fit: {result.unexpected_keys[:5]}")
+        self.clear_cache()
+
     def lora_state_dict(self) -> dict[str, Tensor]:
         """The trainable (LoRA) weights only, keyed by their names in this module; {} frozen."""
         if not self.lora:
             return {}
+        if self.model is None:
+            return dict(self._pending)
         trainable = {name for name, p in self.named_parameters() if p.requires_grad}
         return {
             name: tensor.detach().clone()

@@ -38,7 +38,7 @@ from fivewsi.utils.logs import make_progress
 if TYPE_CHECKING:
     from fivewsi.features.bags import Bag
     from fivewsi.predict.html import SlideReport
-    from fivewsi.training.run import SlideClassifier, SlidePrediction
+    from fivewsi.runs.classifier import SlideClassifier, SlidePrediction
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +100,7 @@ class PredictResult:
 
 def predict(config: PredictConfig) -> PredictResult:
     """Predict every input of ``config``; failures are recorded, never fatal for the others."""
-    from fivewsi.training.run import load_model
+    from fivewsi.runs.classifier import load_model
 
     started = time.perf_counter()
     out = Path(config.out)
@@ -180,69 +180,53 @@ def _predict_all(
     config: PredictConfig,
     timings: dict[str, float],
 ) -> list[SlideOutcome]:
-    from fivewsi.features.bags import load_bag
+    from fivewsi.runs.loop import predict_files
 
-    outcomes = []
-    attribute_texts = _attribute_texts(classifier)
     timings.setdefault("model", 0.0)
     timings.setdefault("render", 0.0)
+    ordered = sorted(sources.items())
+    items = [(slide_id, path, error or None) for slide_id, (path, _, error) in ordered]
+    # One bag at a time: predictions do not depend on what else is in the batch.
+    results = predict_files(classifier, items, max_batch_patches=0, keep_bags=True)
+    outcomes = []
     with make_progress(config.progress) as bars:
         task = bars.add_task("predict", total=len(sources), rate="")
-        for slide_id, (feature_file, slide, error) in sorted(sources.items()):
+        for slide_id, (feature_file, slide, _) in ordered:
             outcome = SlideOutcome(slide_id, slide or feature_file)
-            if error:
-                outcome.status, outcome.error = "failed", error
-            else:
-                try:
+            tick = time.perf_counter()
+            result = next(results)
+            try:
+                if result.error is None:
+                    assert result.prediction is not None and result.bag is not None
+                    outcome.prediction = result.prediction
+                    outcome.n_patches = result.bag.n_patches
+                    _describe(outcome, classifier)
+                timings["model"] += time.perf_counter() - tick
+                if result.error is None:
                     tick = time.perf_counter()
-                    bag = load_bag(feature_file)
-                    _predict_one(outcome, bag, classifier, attribute_texts)
-                    timings["model"] += time.perf_counter() - tick
-                    tick = time.perf_counter()
-                    _render_one(outcome, bag, slide, classifier, config)
+                    _render_one(outcome, result.bag, slide, classifier, config)
                     timings["render"] += time.perf_counter() - tick
-                except Exception as exc:  # one bad slide must not stop the batch
-                    log.warning("%s: prediction failed: %s", slide_id, exc)
-                    outcome.status, outcome.error = "failed", f"{type(exc).__name__}: {exc}"
+            except Exception as exc:  # one bad slide must not stop the batch
+                result.error = f"{type(exc).__name__}: {exc}"
+            if result.error is not None:
+                if outcome.prediction is not None or not sources[slide_id][2]:
+                    log.warning("%s: prediction failed: %s", slide_id, result.error)
+                outcome.status, outcome.error = "failed", result.error
+            result.bag = None  # free the bag once rendered
             outcomes.append(outcome)
             bars.advance(task)
     return outcomes
 
 
-def _attribute_texts(classifier: SlideClassifier) -> dict[str, tuple[list[str], np.ndarray]]:
-    """Question key → (its known categories, their rendered phrases' text embeddings)."""
-    if classifier.kind != "text":
-        return {}
-    texts = {}
-    for question in classifier.questions.questions:
-        categories = [c for c in question.render if c in question.categories]
-        phrases = [question.render[c] for c in categories]
-        texts[question.key] = (categories, classifier.embed_texts(phrases))
-    return texts
-
-
-def _predict_one(
-    outcome: SlideOutcome,
-    bag: Bag,
-    classifier: SlideClassifier,
-    attribute_texts: dict[str, tuple[list[str], np.ndarray]],
-) -> None:
+def _describe(outcome: SlideOutcome, classifier: SlideClassifier) -> None:
+    """The slide's fine-grained attributes and the description they render to (text models)."""
     from fivewsi.reports.render import render_label
 
-    prediction = classifier.predict(bag)
-    outcome.prediction = prediction
-    outcome.n_patches = bag.n_patches
-    scale = classifier.logit_scale()
-    for key, (categories, embeddings) in attribute_texts.items():
-        logits = scale * embeddings @ prediction.embedding
-        probs = np.exp(logits - logits.max())
-        probs /= probs.sum()
-        best = int(np.argmax(probs))
-        outcome.attributes[key] = (categories[best], float(probs[best]))
+    assert outcome.prediction is not None
+    outcome.attributes = classifier.attributes(outcome.prediction)
     if outcome.attributes:
-        questions = classifier.questions
         best = {k: v[0] for k, v in outcome.attributes.items()}
-        outcome.description = render_label(best, questions)
+        outcome.description = render_label(best, classifier.questions)
 
 
 def _heatmap_scores(
@@ -303,7 +287,7 @@ def _thumbnail(
 def _write_predictions(
     path: Path, outcomes: list[SlideOutcome], classifier: SlideClassifier
 ) -> None:
-    keys = [q.key for q in classifier.questions.questions] if classifier.kind == "text" else []
+    keys = classifier.attribute_keys()
     header = ["slide_id", "status", "error", "predicted"]
     header += [f"p_{c}" for c in classifier.classes]
     header += [col for k in keys for col in (k, f"{k}_probability")]

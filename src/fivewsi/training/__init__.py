@@ -1,16 +1,16 @@
-"""Training: ``fivewsi train`` and loading trained runs as slide classifiers.
+"""Training: ``fivewsi train`` (a trained run is loaded back with :func:`fivewsi.load_model`).
 
 - :mod:`fivewsi.training.config` — :class:`TrainConfig`, the settings of a run.
 - :mod:`fivewsi.training.train` — :func:`train`, pretraining on reports or fine-tuning on classes.
-- :mod:`fivewsi.training.run` — :func:`load_model` → :class:`SlideClassifier`.
-- :mod:`fivewsi.training.data`, :mod:`~fivewsi.training.losses`,
-  :mod:`~fivewsi.training.module` — the parts.
+- :mod:`fivewsi.training.folder` — the run folder (new, resumed, finished, refused), its record.
+- :mod:`fivewsi.training.plan` — cohort → training and validation slides (no torch).
+- :mod:`fivewsi.training.fit` — Lightning: loaders, Trainer, checkpoints.
+- :mod:`fivewsi.training.items`, :mod:`~fivewsi.training.data`,
+  :mod:`~fivewsi.training.losses`, :mod:`~fivewsi.training.module` — the parts.
 
 Example:
-    >>> from fivewsi.training import TrainConfig, train, load_model  # doctest: +SKIP
+    >>> from fivewsi.training import TrainConfig, train  # doctest: +SKIP
     >>> run = train(TrainConfig(features="f", cohort="c.csv", out="runs/r0")).run  # doctest: +SKIP
-    >>> load_model(run, classes="classes.csv").classes  # doctest: +SKIP
-    ['LUAD', 'LUSC']
 """
 
 from __future__ import annotations
@@ -20,22 +20,17 @@ import sys
 import types
 from typing import TYPE_CHECKING, Any
 
-# Imported on first use: torch and Lightning load only when training or loading a model.
+# Imported on first use: torch and Lightning load only when training.
 _EXPORTS = {
     "TrainConfig": "fivewsi.training.config",
-    "TrainError": "fivewsi.training.train",
+    "TrainError": "fivewsi.training.config",
     "TrainResult": "fivewsi.training.train",
     "train": "fivewsi.training.train",
-    "RunError": "fivewsi.training.run",
-    "SlideClassifier": "fivewsi.training.run",
-    "SlidePrediction": "fivewsi.training.run",
-    "load_model": "fivewsi.training.run",
 }
 
 if TYPE_CHECKING:
-    from fivewsi.training.config import TrainConfig
-    from fivewsi.training.run import RunError, SlideClassifier, SlidePrediction, load_model
-    from fivewsi.training.train import TrainError, TrainResult, train
+    from fivewsi.training.config import TrainConfig, TrainError
+    from fivewsi.training.train import TrainResult, train
 
 
 def __getattr__(name: str) -> Any:
@@ -65,12 +60,8 @@ sys.modules[__name__].__class__ = _Package
 
 
 __all__ = [
-    "RunError",
-    "SlideClassifier",
-    "SlidePrediction",
     "TrainConfig",
     "TrainError",
     "TrainResult",
-    "load_model",
     "train",
 ]

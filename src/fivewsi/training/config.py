@@ -1,14 +1,28 @@
 """Settings of ``fivewsi train``: one validated pydantic model, stored verbatim in ``run.json``.
 
+The config holds training settings, the model's registry name (``model``) and its own options
+(``model_options``), validated against the options class the model declares
+(:attr:`fivewsi.model.registry.ModelSpec.options`) when the config is built, so a misspelt
+option fails at start-up; the stored config holds them with every default filled in.
+
 Defaults are for the CPU recipe: a frozen text encoder (its embeddings cached per string) and a
 trainable text projection, prompts and TFS aggregator. The paper's GPU recipe (Bio_ClinicalBERT
 with LoRA, lr 3e-6 for the text side and 3e-5 for the aggregator, 100 epochs, batch 1 with
-gradient accumulation 8) is ``--lora --lr 3e-5 --epochs 100 --batch-size 1 --accumulate 8``.
+gradient accumulation 8) is ``model_options={"lora": True}, lr=3e-5, epochs=100, batch_size=1,
+accumulate=8``.
 
 Example:
     >>> config = TrainConfig(features="feats", cohort="cohort.csv", out="runs/r0")
     >>> config.lr, config.sample_ratio, config.negatives
     (0.0003, 0.25, 'all')
+    >>> config.model_options["dim"], config.model_options["attention"]
+    (512, 'local')
+    >>> TrainConfig(features="f", cohort="c.csv", out="r", model="abmil",
+    ...             model_options={"dimm": 8})  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    pydantic_core._pydantic_core.ValidationError: 1 validation error for TrainConfig
+    ...dimm...
 """
 
 from __future__ import annotations
@@ -17,11 +31,17 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from fivewsi.errors import TrainStageError
 
 #: Settings that may change between a run and its resumption without changing the result
 #: (where it runs, how it reports progress, whether to overwrite).
 NON_RESULT_SETTINGS = frozenset({"out", "progress", "overwrite", "device", "workers", "cache_gb"})
+
+
+class TrainError(TrainStageError):
+    """Training cannot start as asked (no usable slides, mismatched run, bad --init)."""
 
 
 class TrainConfig(BaseModel):
@@ -63,18 +83,9 @@ class TrainConfig(BaseModel):
     val_fraction: float = Field(0.15, ge=0, lt=1)
     patience: int | None = Field(10, ge=1, description="early stopping (needs a validation set)")
 
-    text_encoder: str = "all-minilm-l6-v2"
-    lora: bool = False
-    lora_r: int = Field(8, ge=1)
-    lora_alpha: int = Field(32, ge=1)
-    lora_dropout: float = Field(0.05, ge=0, lt=1)
-    attention: Literal["local", "full"] = "local"
-    dim: int = Field(512, ge=8)
-    n_learnable_prompts: int = Field(16, ge=0)
-    heads: int = Field(8, ge=1)
-    dropout: float | None = Field(None, ge=0, lt=1, description="None: the model's default")
-    logit_scale: float | None = Field(None, gt=0, description="None: learnable temperature")
-    model_options: dict[str, Any] = Field(default_factory=dict)
+    model_options: dict[str, Any] = Field(
+        default_factory=dict, description="the model's own options over its defaults"
+    )
 
     device: str = "auto"
     precision: str = "auto"
@@ -97,21 +108,28 @@ class TrainConfig(BaseModel):
             raise ValueError(f"precision must be one of {sorted(known)}, got {value!r}")
         return value
 
-    @field_validator("model_options")
-    @classmethod
-    def _check_options(cls, value: dict[str, Any]) -> dict[str, Any]:
-        try:
-            json.dumps(value)
-        except TypeError as exc:
-            raise ValueError(f"model_options must be plain JSON values: {exc}") from None
-        return value
-
     @model_validator(mode="after")
     def _check(self) -> TrainConfig:
-        if self.dim % self.heads:
-            raise ValueError(f"dim {self.dim} is not divisible by heads {self.heads}")
-        if self.objective == "classes" and self.classes is None and self.model == "five":
-            raise ValueError("objective 'classes' with a FiVE model needs --classes (descriptions)")
+        from fivewsi.model.registry import get_model_spec
+
+        try:
+            spec = get_model_spec(self.model)
+        except KeyError as exc:
+            raise ValueError(exc.args[0]) from None
+        try:
+            self.model_options = spec.validate_options(self.model_options)
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(map(str, e['loc'])) or '(options)'}: {e['msg']}" for e in exc.errors()
+            )
+            raise ValueError(f"model_options of {self.model!r}: {problems}") from None
+        if self.objective == "classes" and self.classes is None and spec.text_aligned:
+            raise ValueError(
+                f"objective 'classes' with {self.model} needs --classes (descriptions)"
+            )
+        if self.objective == "reports" and "reports" not in spec.objectives:
+            raise ValueError(f"{self.model} cannot learn from reports (objectives: "
+                             f"{', '.join(spec.objectives)})")
         if self.objective == "reports" and self.classes is not None:
             raise ValueError("objective 'reports' ignores --classes; leave one of them out")
         if self.shots is not None and self.objective == "reports":

@@ -17,10 +17,9 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,74 +28,11 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset, DistributedSampler
 
-from fivewsi.features.bags import Bag, BagError, load_bag, read_bag_attrs
-from fivewsi.model.outputs import BagBatch, raster_coords
+from fivewsi.features.bags import load_bag
+from fivewsi.model.outputs import BagBatch, grid_coords
+from fivewsi.training.items import SlideItem
 
 log = logging.getLogger(__name__)
-
-#: Feature file suffixes, preferred first when a slide has several.
-FEATURE_SUFFIXES = (".h5", ".pt")
-
-
-def find_feature_files(features: str | os.PathLike[str]) -> dict[str, Path]:
-    """Map slide id → feature file for every bag anywhere under ``features``.
-
-    Works on a ``fivewsi preprocess`` output (``OUT/features/*.h5``), a TRIDENT job folder
-    (``20x_256px_0px_overlap/features_<encoder>/*.h5``), CLAM's ``h5_files`` / ``pt_files``, or a
-    flat folder. ``.h5`` wins over ``.pt`` for the same slide; temporary files are ignored.
-
-    Example:
-        >>> find_feature_files("/no/such/folder")  # doctest: +ELLIPSIS
-        Traceback (most recent call last):
-        ...
-        FileNotFoundError: ...
-    """
-    root = Path(features)
-    if not root.is_dir():
-        raise FileNotFoundError(f"features folder not found: {root}")
-    found: dict[str, Path] = {}
-    for suffix in FEATURE_SUFFIXES:
-        for path in sorted(root.rglob(f"*{suffix}")):
-            if path.name.startswith(".") or not path.is_file():
-                continue
-            slide_id = path.stem
-            if slide_id in found:
-                if found[slide_id].suffix == suffix and found[slide_id] != path:
-                    log.warning("%s: several feature files, using %s", slide_id, found[slide_id])
-                continue
-            found[slide_id] = path
-    return found
-
-
-def grid_coords(bag: Bag) -> Tensor:
-    """The bag's patch positions in patch-grid units, ``[N, 2]`` float.
-
-    Level-0 coords are divided by the patch side in level-0 pixels (``patch_size_level0``);
-    without that attribute the side is guessed as the smallest step between distinct coords;
-    bags without coords get raster positions.
-
-    Example:
-        >>> import numpy as np
-        >>> bag = Bag("s", np.zeros((2, 3), np.float32), np.array([[0, 0], [512, 256]]),
-        ...           {"patch_size_level0": 256})
-        >>> grid_coords(bag).tolist()
-        [[0.0, 0.0], [2.0, 1.0]]
-    """
-    if bag.coords is None:
-        return raster_coords(bag.n_patches)
-    coords = np.asarray(bag.coords, dtype=np.float64)
-    side = bag.patch_size_level0 or _guess_step(coords)
-    return torch.from_numpy(coords / float(side)).float()
-
-
-def _guess_step(coords: np.ndarray) -> float:
-    steps = []
-    for axis in (0, 1):
-        values = np.unique(coords[:, axis])
-        if len(values) > 1:
-            steps.append(float(np.diff(values).min()))
-    return min(steps) if steps else 1.0
-
 
 def hilbert_index(grid: np.ndarray) -> np.ndarray:
     """Position of each integer grid point ``[N, 2]`` along a Hilbert curve covering them all.
@@ -184,92 +120,6 @@ class BagCache:
 
     def __len__(self) -> int:
         return len(self._items)
-
-
-@dataclass
-class SlideItem:
-    """One slide of a training or validation set.
-
-    Attributes:
-        slide_id: the slide's id.
-        path: its feature file.
-        target: class index (classes stage), else None.
-        report_index: index of its fine-grained label in the stage's label list (reports stage).
-        n_patches: patches in the bag.
-    """
-
-    slide_id: str
-    path: Path
-    target: int | None = None
-    report_index: int | None = None
-    n_patches: int = 0
-
-
-@dataclass
-class FeatureCheck:
-    """Slides whose feature files were found usable, and those that were not (with why)."""
-
-    ok: dict[str, tuple[Path, int]] = field(default_factory=dict)  # id → (path, n_patches)
-    missing: list[str] = field(default_factory=list)
-    broken: dict[str, str] = field(default_factory=dict)
-    dim: int | None = None
-    attrs: dict[str, Any] = field(default_factory=dict)  # attributes of one usable bag
-
-
-def check_feature_files(slide_ids: Sequence[str], files: dict[str, Path]) -> FeatureCheck:
-    """Read the attributes of each slide's bag (not its arrays) and sort the slides.
-
-    A bag is broken when it cannot be read, holds no patches, or has another feature size than
-    most bags. Missing and broken slides are logged with a count; the caller skips them.
-    """
-    check = FeatureCheck()
-    dims: dict[str, int] = {}
-    for slide_id in slide_ids:
-        path = files.get(slide_id)
-        if path is None:
-            check.missing.append(slide_id)
-            continue
-        try:
-            n, dim, attrs = _bag_shape(path)
-        except (BagError, OSError, KeyError, ValueError, RuntimeError) as exc:
-            check.broken[slide_id] = f"{type(exc).__name__}: {exc}"
-            continue
-        if n == 0:
-            check.broken[slide_id] = "no patches"
-            continue
-        dims[slide_id] = dim
-        check.ok[slide_id] = (path, n)
-        if not check.attrs:
-            check.attrs = attrs
-    if dims:
-        values, counts = np.unique(list(dims.values()), return_counts=True)
-        check.dim = int(values[np.argmax(counts)])
-        for slide_id, dim in dims.items():
-            if dim != check.dim:
-                check.broken[slide_id] = f"feature size {dim}, most bags have {check.dim}"
-                del check.ok[slide_id]
-    if check.missing:
-        shown = ", ".join(check.missing[:10]) + (" ..." if len(check.missing) > 10 else "")
-        log.warning("%d slides have no feature file and are skipped: %s", len(check.missing), shown)
-    for slide_id, why in list(check.broken.items())[:10]:
-        log.warning("%s: broken feature file, skipped (%s)", slide_id, why)
-    if len(check.broken) > 10:
-        log.warning("... %d broken feature files in all", len(check.broken))
-    return check
-
-
-def _bag_shape(path: Path) -> tuple[int, int, dict[str, Any]]:
-    if path.suffix == ".pt":
-        bag = load_bag(path)
-        return bag.n_patches, bag.dim, {}
-    attrs = read_bag_attrs(path)
-    import h5py
-
-    with h5py.File(path, "r") as handle:
-        if "features" not in handle:
-            raise BagError(f"{path.name}: no 'features' dataset")
-        dim = int(handle["features"].shape[-1])
-    return int(attrs.get("n_patches", 0)), dim, attrs
 
 
 class BagDataset(Dataset[dict[str, Any]]):

@@ -4,10 +4,9 @@ One module, three objectives:
 
 - ``reports`` (FiVE pretraining): slide ↔ fine-grained label contrastive loss with field
   dropping (:func:`fivewsi.training.losses.report_step`).
-- ``classes`` with a text model (FiVE fine-tuning): cross-entropy over the similarities of the
-  slide to the class description embeddings.
-- ``classes`` with a label model (baselines): cross-entropy over logits plus the model's own
-  auxiliary loss.
+- ``classes``: cross-entropy over the model's class logits
+  (:meth:`~fivewsi.model.interfaces.SlideModel.class_logits`: FiVE's similarities to the class
+  descriptions, a baseline's head) plus the model's own auxiliary loss.
 
 Optimiser: AdamW (betas 0.9, 0.98), LoRA weights at ``lr * text_lr_ratio``; learning rate
 warmed up linearly, then a cosine to zero, stepped per optimiser step. Validation logs
@@ -25,9 +24,11 @@ import lightning as L
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from fivewsi.cohort.labels import LabelPart
+from fivewsi.model.interfaces import SlideModel, TextAlignedModel
+from fivewsi.model.text import text_encoder_prefixes
 from fivewsi.training.data import TrainingBatch
 from fivewsi.training.losses import (
     IGNORE,
@@ -39,42 +40,6 @@ from fivewsi.training.losses import (
 )
 
 log = logging.getLogger(__name__)
-
-
-def text_encoder_prefixes(model: nn.Module) -> list[str]:
-    """State-dict prefixes of the text encoders inside ``model`` (e.g. ``"text_encoder."``)."""
-    from fivewsi.model.text import TextEncoder
-
-    return [
-        f"{name}." if name else ""
-        for name, m in model.named_modules()
-        if isinstance(m, TextEncoder)
-    ]
-
-
-def saved_state_dict(model: nn.Module) -> dict[str, Tensor]:
-    """The weights a run saves: everything but the text encoder's frozen base weights.
-
-    Trainable text-encoder weights (LoRA adapters) are kept; the base model is recorded by name.
-
-    Example:
-        >>> sorted(saved_state_dict(nn.Linear(2, 1)))
-        ['bias', 'weight']
-    """
-    return {k: v for k, v in model.state_dict().items() if k not in excluded_keys(model)}
-
-
-def excluded_keys(model: nn.Module) -> set[str]:
-    """State-dict keys of frozen text-encoder weights and buffers (never saved)."""
-    prefixes = text_encoder_prefixes(model)
-    if not prefixes:
-        return set()
-    trainable = {name for name, p in model.named_parameters() if p.requires_grad}
-    return {
-        key
-        for key in model.state_dict()
-        if any(key.startswith(prefix) for prefix in prefixes) and key not in trainable
-    }
 
 
 def lr_factor(step: int, *, warmup: int, total: int) -> float:
@@ -100,8 +65,7 @@ class TrainingModule(L.LightningModule):
     """Wraps a model with its objective, optimiser and metrics.
 
     Args:
-        model: a FiVE model (``kind="text"``) or a label baseline (``kind="label"``).
-        kind: ``"text"`` or ``"label"``.
+        model: a registered model; ``stage`` must be one of its ``objectives``.
         stage: ``"reports"`` or ``"classes"``.
         hparams: plain settings stored in checkpoints (JSON values only).
         labels: reports stage: the distinct parsed fine-grained labels.
@@ -113,9 +77,8 @@ class TrainingModule(L.LightningModule):
 
     def __init__(
         self,
-        model: nn.Module,
+        model: SlideModel,
         *,
-        kind: str,
         stage: str,
         hparams: dict[str, Any],
         lr: float,
@@ -133,13 +96,12 @@ class TrainingModule(L.LightningModule):
         question_keys: Sequence[str] = (),
     ) -> None:
         super().__init__()
-        if stage not in ("reports", "classes") or kind not in ("text", "label"):
-            raise ValueError(f"unknown stage/kind {stage!r}/{kind!r}")
-        if stage == "reports" and kind != "text":
-            raise ValueError("report pretraining needs a text model (FiVE)")
+        if stage not in model.objectives:
+            raise ValueError(f"{type(model).__name__} cannot learn from {stage!r}")
+        if stage == "reports" and not isinstance(model, TextAlignedModel):
+            raise ValueError("report pretraining needs a text-aligned model (FiVE)")
         self.save_hyperparameters(hparams)
         self.model = model
-        self.kind = kind
         self.stage = stage
         self.lr = lr
         self.text_lr_ratio = text_lr_ratio
@@ -156,7 +118,7 @@ class TrainingModule(L.LightningModule):
         self.pool = [self.labels[i] for i in sorted(set(self.train_report_index))]
         val_labels = [self.labels[i] for i in val_report_index]
         self.val_texts, self.val_targets = eval_report_texts(val_labels)
-        self._excluded = excluded_keys(model)
+        self._excluded = model.frozen_state_keys()
         prefixes = text_encoder_prefixes(model)
         # A frozen text encoder costs nothing per negative, so all texts train the projection.
         self._grad_negatives = not any(
@@ -171,13 +133,8 @@ class TrainingModule(L.LightningModule):
     # -- forward passes -----------------------------------------------------------------------
 
     def _class_logits(self, batch: TrainingBatch, *, train: bool) -> tuple[Tensor, Tensor]:
-        if self.kind == "label":
-            output = self.model(batch.bags, labels=batch.target if train else None)
-            logits = output.logits
-        else:
-            output = self.model(batch.bags)
-            texts = self.model.encode_texts(self.class_texts)
-            logits = self.model.similarity(output.embedding, texts)
+        output = self.model(batch.bags, labels=batch.target if train else None)
+        logits = self.model.class_logits(output, self.class_texts)
         loss = class_loss(output, logits, batch.target) if train else F.cross_entropy(
             logits.float(), batch.target, reduction="none"
         )

@@ -1,16 +1,9 @@
-"""A run folder on disk, and the classifier loaded back from it.
+"""A finished run loaded back as a slide classifier.
 
-Layout of ``RUN/``:
-
-- ``run.json`` — status (``running`` / ``finished``), the training config, the model (name,
-  kind, options, input size, text encoder), classes and their descriptions, the question set
-  (name, version, fingerprint), the patch encoder read from the bags, preprocess settings when
-  known, library versions, seed, split and shots, skipped slides and the result.
-- ``model.safetensors`` — the final weights (best on validation when there is a validation
-  set), without the text encoder's base weights (recorded by name; LoRA weights are included).
-- ``split.csv`` — the slides used for training and validation (``slide_id,role,label``).
-- ``checkpoints/last.ckpt`` — Lightning checkpoint for exact resumption.
-- ``logs/`` — metrics as CSV (and TensorBoard when installed).
+:func:`load_model` rebuilds the model from the run record (architecture + model arguments),
+loads its weights and, for a text-aligned run, its own texts' features, so that predicting a bag
+needs neither Lightning nor the text model; the text model loads only for new texts (other class
+descriptions, :meth:`SlideClassifier.similarities` with new texts).
 
 Example:
     >>> clf = load_model("runs/luad-lusc")  # doctest: +SKIP
@@ -20,7 +13,6 @@ Example:
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections.abc import Sequence
@@ -30,89 +22,56 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from fivewsi.cohort.table import ClassDescription, read_classes
 from fivewsi.errors import RunError
 from fivewsi.features.bags import Bag
-from fivewsi.model.outputs import BagBatch
+from fivewsi.model.interfaces import SlideModel, TextAlignedModel
+from fivewsi.model.outputs import bag_batch
 from fivewsi.reports.questions import QuestionSet, load_question_set
-from fivewsi.training.data import grid_coords
-from fivewsi.training.module import excluded_keys, saved_state_dict
-from fivewsi.utils.atomic import atomic_path
+from fivewsi.runs.record import WEIGHTS_FILE, ModelRecord, RunRecord, read_record
+from fivewsi.runs.weights import load_text_features, load_weights
 
 log = logging.getLogger(__name__)
 
-RUN_FILE = "run.json"
-WEIGHTS_FILE = "model.safetensors"
-SPLIT_FILE = "split.csv"
 
+def build_model(model: ModelRecord, *, lazy: bool = False) -> SlideModel:
+    """A fresh model as a record's ``model`` section describes it (weights not loaded)."""
+    from fivewsi.model.registry import get_model_spec
 
-def read_run_info(run: str | os.PathLike[str]) -> dict[str, Any]:
-    """The ``run.json`` of a run folder (clear error when there is none)."""
-    path = Path(run) / RUN_FILE
-    if not path.is_file():
-        raise RunError(f"{run} is not a fivewsi run folder: no {RUN_FILE}")
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except ValueError as exc:
-        raise RunError(f"{path}: not valid JSON ({exc})") from None
+        spec = get_model_spec(model.architecture)
+    except KeyError as exc:
+        raise RunError(f"run model: {exc.args[0]}") from None
+    return spec.build(model.task(), model.args, lazy=lazy)
 
 
-def build_model(info: dict[str, Any]) -> nn.Module:
-    """A fresh model as described by the ``model`` section of ``run.json``."""
-    from fivewsi.model.registry import create_model
-
-    spec = info["model"]
-    options = dict(spec.get("options") or {})
-    if spec["kind"] == "text":
-        from fivewsi.model.text import TextEncoder
-
-        text = spec["text_encoder"]
-        encoder = TextEncoder(
-            text["name"],
-            lora=bool(text.get("lora", False)),
-            lora_r=int(text.get("lora_r", 8)),
-            lora_alpha=int(text.get("lora_alpha", 32)),
-            lora_dropout=float(text.get("lora_dropout", 0.05)),
-        )
-        return create_model(
-            spec["name"],
-            in_dim=int(spec["in_dim"]),
-            questions=list(spec["questions"]),
-            text_encoder=encoder,
-            **options,
-        )
-    return create_model(
-        spec["name"], in_dim=int(spec["in_dim"]), n_classes=int(spec["n_classes"]), **options
-    )
+def record_questions(record: RunRecord) -> QuestionSet:
+    """The question set a run was trained with (stored whole in the record)."""
+    stored = record.question_set
+    if "definition" in stored:
+        return QuestionSet.model_validate(stored["definition"])
+    return load_question_set(stored.get("name", "lung"))
 
 
-def save_weights(model: nn.Module, path: str | os.PathLike[str]) -> None:
-    """Write the model's saved weights (see :func:`saved_state_dict`) atomically."""
-    from safetensors.torch import save_file
+def attribute_phrases(questions: QuestionSet) -> dict[str, tuple[list[str], list[str]]]:
+    """Question key → (its known categories, their rendered phrases), the texts that predict
+    scores a slide's fine-grained attributes against."""
+    phrases = {}
+    for question in questions.questions:
+        categories = [c for c in question.render if c in question.categories]
+        phrases[question.key] = (categories, [question.render[c] for c in categories])
+    return phrases
 
-    state = {k: v.detach().cpu().contiguous() for k, v in saved_state_dict(model).items()}
-    with atomic_path(path) as tmp:
-        save_file(state, str(tmp))
 
-
-def load_weights(model: nn.Module, path: str | os.PathLike[str]) -> None:
-    """Load weights written by :func:`save_weights`; every non-excluded weight must be there."""
-    from safetensors.torch import load_file
-
-    state = load_file(str(path))
-    result = model.load_state_dict(state, strict=False)
-    allowed = excluded_keys(model)
-    missing = [k for k in result.missing_keys if k not in allowed]
-    if missing or result.unexpected_keys:
-        raise RunError(
-            f"{path} does not fit the model: missing {missing[:5]}, "
-            f"unexpected {list(result.unexpected_keys)[:5]}"
-        )
-    for module in model.modules():  # loaded LoRA weights change what the text encoder returns
-        if hasattr(module, "clear_cache"):
-            module.clear_cache()
+def own_texts(record: RunRecord) -> list[list[str]]:
+    """The run's own texts in the batches prediction encodes them: the question prompts, the
+    class descriptions, then each question's attribute phrases."""
+    batches = [list(record.model.questions)]
+    batches.append([c.description for c in record.classes or []])
+    batches += [p for _, p in attribute_phrases(record_questions(record)).values()]
+    return batches
 
 
 @dataclass
@@ -147,36 +106,45 @@ class SlideClassifier:
 
     def __init__(
         self,
-        model: nn.Module,
+        model: SlideModel,
         *,
-        kind: str,
-        model_name: str,
         classes: Sequence[str],
         descriptions: Sequence[str],
-        run_info: dict[str, Any],
+        record: RunRecord,
         device: str | torch.device = "cpu",
     ) -> None:
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
-        self.kind = kind
-        self.model_name = model_name
         self.classes = list(classes)
         self.descriptions = list(descriptions)
-        self.run_info = run_info
-        self.prompt_names: list[str] = list(getattr(model, "prompt_names", []))
+        self.record = record
+        self.prompt_names: list[str] = list(model.prompt_names)
         self._class_embeddings: Tensor | None = None
+        self._attribute_texts: dict[str, tuple[list[str], np.ndarray]] | None = None
+
+    @property
+    def model_name(self) -> str:
+        """The model's registry name."""
+        return self.record.model.architecture
+
+    @property
+    def kind(self) -> str:
+        """``"text"`` for a text-aligned model, ``"label"`` for a label-only one."""
+        return "text" if self.model.text_aligned else "label"
+
+    @property
+    def in_dim(self) -> int:
+        """The patch feature size the model expects."""
+        return self.record.model.in_dim
 
     @property
     def questions(self) -> QuestionSet:
         """The question set the run was trained with (its prompts and fine-grained fields)."""
-        stored = self.run_info.get("question_set") or {}
-        if "definition" in stored:
-            return QuestionSet.model_validate(stored["definition"])
-        return load_question_set(stored.get("name", "lung"))
+        return record_questions(self.record)
 
     def logit_scale(self) -> float:
         """The factor FiVE multiplies cosine similarities by before a softmax (1 for baselines)."""
-        if self.kind != "text":
+        if not isinstance(self.model, TextAlignedModel):
             return 1.0
         probe = torch.ones(1, 1, device=self.device)
         with torch.no_grad():
@@ -188,32 +156,51 @@ class SlideClassifier:
         From the feature folder's ``preprocess.json`` when training saw one, else from the
         bags' attributes; predict uses them to preprocess new slides the same way.
         """
-        settings = dict(self.run_info.get("preprocess") or {})
-        encoder = self.run_info.get("feature_encoder") or {}
+        settings = dict(self.record.preprocess or {})
+        encoder = self.record.feature_encoder
         for key in ("encoder", "target_mpp", "patch_size"):
             if settings.get(key) is None and key in encoder:
                 settings[key] = encoder[key]
         return settings
 
-    def _batch(self, bags: Sequence[Bag]) -> BagBatch:
-        features = [torch.from_numpy(np.asarray(b.features, np.float32)) for b in bags]
-        return BagBatch.from_bags(
-            features, [grid_coords(b) for b in bags], [b.slide_id for b in bags]
-        ).to(self.device)
-
     @torch.no_grad()
     def embed_texts(self, texts: list[str]) -> np.ndarray:
         """``[T, E]`` L2-normalised text embeddings (text models only)."""
-        self._need_text()
-        return self.model.encode_texts(list(texts)).float().cpu().numpy()
+        model = self._text_model()
+        return model.encode_texts(list(texts)).float().cpu().numpy()
 
     @torch.no_grad()
     def similarities(self, bag: Bag, texts: list[str]) -> np.ndarray:
         """``[T]`` similarity logits (scale × cosine) of the slide to each text."""
-        self._need_text()
-        output = self.model(self._batch([bag]))
-        scores = self.model.similarity(output.embedding, self.model.encode_texts(list(texts)))
+        model = self._text_model()
+        output = model(bag_batch([bag]).to(self.device))
+        scores = model.similarity(output.embedding, model.encode_texts(list(texts)))
         return scores[0].float().cpu().numpy()
+
+    def attribute_keys(self) -> list[str]:
+        """Keys of the fine-grained attributes :meth:`attributes` scores ([] for label models)."""
+        if not self.model.text_aligned:
+            return []
+        return [q.key for q in self.questions.questions]
+
+    def attributes(self, prediction: SlidePrediction) -> dict[str, tuple[str, float]]:
+        """Question key → (most similar category, its probability) for a text-aligned model."""
+        if not self.model.text_aligned:
+            return {}
+        if self._attribute_texts is None:
+            self._attribute_texts = {
+                key: (categories, self.embed_texts(phrases))
+                for key, (categories, phrases) in attribute_phrases(self.questions).items()
+            }
+        scale = self.logit_scale()
+        found = {}
+        for key, (categories, embeddings) in self._attribute_texts.items():
+            logits = scale * embeddings @ prediction.embedding
+            probs = np.exp(logits - logits.max())
+            probs /= probs.sum()
+            best = int(np.argmax(probs))
+            found[key] = (categories[best], float(probs[best]))
+        return found
 
     def predict(self, bag: Bag) -> SlidePrediction:
         """Classify one bag using all of its patches."""
@@ -224,14 +211,8 @@ class SlideClassifier:
         """Classify several bags in one padded batch."""
         if not bags:
             return []
-        batch = self._batch(bags)
-        output = self.model(batch)
-        if self.kind == "text":
-            if self._class_embeddings is None:
-                self._class_embeddings = self.model.encode_texts(self.descriptions)
-            logits = self.model.similarity(output.embedding, self._class_embeddings)
-        else:
-            logits = output.logits
+        output = self.model(bag_batch(bags).to(self.device))
+        logits = self.model.class_logits(output, self.descriptions)
         probabilities = torch.softmax(logits.float(), dim=1)
         predicted = probabilities.argmax(1)
         results = []
@@ -241,10 +222,9 @@ class SlideClassifier:
             prompt = None
             if output.prompt_attention is not None:
                 prompt = output.prompt_attention[i, :, :n].float().cpu().numpy()
-            if self.kind == "text" and prompt is not None and output.prompt_tokens is not None:
+            klass = patch
+            if prompt is not None and output.prompt_tokens is not None:
                 klass = self._prompt_weighted(output.prompt_tokens[i], int(predicted[i]), prompt)
-            else:
-                klass = patch
             results.append(
                 SlidePrediction(
                     slide_id=bag.slide_id,
@@ -259,16 +239,19 @@ class SlideClassifier:
         return results
 
     def _prompt_weighted(self, tokens: Tensor, klass: int, prompt: np.ndarray) -> np.ndarray:
-        assert self._class_embeddings is not None
-        scores = self.model.similarity(tokens, self._class_embeddings[klass : klass + 1])[:, 0]
+        model = self._text_model()
+        if self._class_embeddings is None:
+            self._class_embeddings = model.encode_texts(self.descriptions)
+        scores = model.similarity(tokens, self._class_embeddings[klass : klass + 1])[:, 0]
         weights = torch.softmax(scores.float(), dim=0).cpu().numpy()
         combined = (weights[:, None] * prompt).sum(0)
         total = combined.sum()
         return combined / total if total > 0 else combined
 
-    def _need_text(self) -> None:
-        if self.kind != "text":
+    def _text_model(self) -> TextAlignedModel:
+        if not isinstance(self.model, TextAlignedModel):
             raise TypeError(f"{self.model_name} is a label model: it has no text side")
+        return self.model
 
 
 def _row(attention: Tensor | None, i: int, n: int) -> np.ndarray:
@@ -293,6 +276,7 @@ def load_model(
     *,
     classes: str | os.PathLike[str] | Sequence[ClassDescription] | None = None,
     device: str | torch.device = "cpu",
+    stored_texts: bool = True,
 ) -> SlideClassifier:
     """Load a finished run as a :class:`SlideClassifier`.
 
@@ -300,6 +284,8 @@ def load_model(
     :class:`ClassDescription`) must be given: the model classifies zero-shot by similarity to
     the descriptions. For a classes run they come from ``run.json``; FiVE runs may be given other
     descriptions. A label baseline only knows the classes it was trained on.
+    ``stored_texts=False`` ignores the run's stored text features (its text model encodes every
+    text; the predictions are the same).
 
     Example:
         >>> clf = load_model("runs/pretrain", classes="classes.csv")  # doctest: +SKIP
@@ -307,12 +293,11 @@ def load_model(
         ['LUAD', 'LUSC']
     """
     run = Path(run)
-    info = read_run_info(run)
+    record = read_record(run)
     weights = run / WEIGHTS_FILE
-    if info.get("status") != "finished" or not weights.is_file():
+    if record.status != "finished" or not weights.is_file():
         raise RunError(f"{run}: the run has not finished (no {WEIGHTS_FILE}); train it first")
-    kind = info["model"]["kind"]
-    stored = [ClassDescription(c["name"], c["description"]) for c in info.get("classes") or []]
+    stored = [ClassDescription(c.name, c.description) for c in record.classes or []]
     if classes is None:
         if not stored:
             raise RunError(
@@ -322,19 +307,34 @@ def load_model(
         chosen = stored
     else:
         chosen = _class_list(classes)
-        if kind == "label" and [c.name for c in chosen] != [c.name for c in stored]:
+        if not record_text_aligned(record) and [c.name for c in chosen] != [
+            c.name for c in stored
+        ]:
             raise RunError(
                 f"{run} is a label model trained on classes {[c.name for c in stored]}; "
                 f"it cannot classify {[c.name for c in chosen]}"
             )
-    model = build_model(info)
+    texts_file = run / record.texts_file if record.texts_file and stored_texts else None
+    lazy = texts_file is not None and texts_file.is_file()
+    model = build_model(record.model, lazy=lazy)
     load_weights(model, weights)
+    if lazy and isinstance(model, TextAlignedModel):
+        assert texts_file is not None
+        model.remember_texts(*load_text_features(texts_file))
     return SlideClassifier(
         model,
-        kind=kind,
-        model_name=info["model"]["name"],
         classes=[c.name for c in chosen],
         descriptions=[c.description for c in chosen],
-        run_info=info,
+        record=record,
         device=device,
     )
+
+
+def record_text_aligned(record: RunRecord) -> bool:
+    """Whether the run's model scores classes by their descriptions."""
+    from fivewsi.model.registry import get_model_spec
+
+    try:
+        return get_model_spec(record.model.architecture).text_aligned
+    except KeyError as exc:
+        raise RunError(f"run model: {exc.args[0]}") from None
