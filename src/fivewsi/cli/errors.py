@@ -35,9 +35,9 @@ def validation_message(exc: Any) -> str:
     """
     problems = []
     for error in exc.errors():
-        where = ".".join(str(part) for part in error.get("loc", ())) or "settings"
+        where = ".".join(str(part) for part in error.get("loc", ()))
         message = str(error.get("msg", "invalid")).removeprefix("Value error, ")
-        problems.append(f"{where}: {message}")
+        problems.append(f"{where}: {message}" if where else message)
     return "invalid settings: " + "; ".join(problems)
 
 

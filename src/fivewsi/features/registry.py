@@ -14,6 +14,7 @@ Example:
 from __future__ import annotations
 
 import importlib
+import pkgutil
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,12 +25,9 @@ import torch
 
 from fivewsi.errors import FeatureStageError
 
-#: Modules whose import registers encoders (kept lazy: they must not import timm at top level).
-_ENCODER_MODULES = (
-    "fivewsi.features.encoders.handcrafted",
-    "fivewsi.features.encoders.timm_models",
-    "fivewsi.features.encoders.hf_models",
-)
+#: The package whose modules register encoders: each is imported on first lookup, so a new
+#: encoder family is one new file there. They must not import timm or open_clip at top level.
+_ENCODER_PACKAGE = "fivewsi.features.encoders"
 
 
 class UnknownEncoderError(FeatureStageError, KeyError):
@@ -99,8 +97,9 @@ def register_encoder(
 def _load_modules() -> None:
     global _loaded
     if not _loaded:
-        for module in _ENCODER_MODULES:
-            importlib.import_module(module)
+        package = importlib.import_module(_ENCODER_PACKAGE)
+        for info in pkgutil.iter_modules(package.__path__):
+            importlib.import_module(f"{_ENCODER_PACKAGE}.{info.name}")
         _loaded = True
 
 

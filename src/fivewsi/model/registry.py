@@ -18,16 +18,19 @@ Example:
 from __future__ import annotations
 
 import importlib
+import pkgutil
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict
 
+from fivewsi.errors import ModelStageError
 from fivewsi.model.interfaces import ModelTask, Objective, SlideModel
 
-#: Modules whose import registers models.
-_MODEL_MODULES = ("fivewsi.model.five", "fivewsi.model.baselines")
+#: The package whose modules register models: every module in it is imported on first lookup,
+#: so a new model is one new file (``fivewsi/model/<name>.py``) and nothing else to edit.
+_MODEL_PACKAGE = "fivewsi.model"
 
 M = TypeVar("M", bound=type[SlideModel])
 
@@ -86,11 +89,19 @@ def register_model(
     return decorate
 
 
+class UnknownModelError(ModelStageError, KeyError):
+    """No model of that name; the message lists the registered ones."""
+
+    def __str__(self) -> str:  # KeyError's own str() would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
 def _load_all() -> None:
     global _loaded
     if not _loaded:
-        for module in _MODEL_MODULES:
-            importlib.import_module(module)
+        package = importlib.import_module(_MODEL_PACKAGE)
+        for info in pkgutil.iter_modules(package.__path__):
+            importlib.import_module(f"{_MODEL_PACKAGE}.{info.name}")
         _loaded = True
 
 
@@ -104,7 +115,7 @@ def get_model_spec(name: str) -> ModelSpec:
     """The spec of ``name``; a clear error listing the known names otherwise."""
     models = list_models()
     if name not in models:
-        raise KeyError(f"unknown model {name!r}; known models: {', '.join(models)}")
+        raise UnknownModelError(f"unknown model {name!r}; known models: {', '.join(models)}")
     return models[name]
 
 
