@@ -14,8 +14,8 @@ Example:
 from __future__ import annotations
 
 import importlib
-import pkgutil
 import os
+import pkgutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
