@@ -64,3 +64,32 @@ def one_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def mount_tmpfs(tmp_path: Path) -> Iterator[object]:
+    """Mount a small tmpfs: ``mount_tmpfs(size="60k", readonly=False) -> Path``.
+
+    For disk-full and read-only probes of the real code paths; skips where mounting is not
+    allowed (not root, or a container without the capability). Unmounted afterwards.
+    """
+    import subprocess
+
+    mounted: list[Path] = []
+
+    def mount(size: str = "60k", readonly: bool = False) -> Path:
+        point = tmp_path / f"mnt{len(mounted)}"
+        point.mkdir()
+        options = f"size={size}" + (",ro" if readonly else "")
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(point)],
+                              capture_output=True, text=True)
+        if done.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+        mounted.append(point)
+        return point
+
+    yield mount
+    import subprocess as sp
+
+    for point in mounted:
+        sp.run(["umount", "-l", str(point)], capture_output=True)
