@@ -18,6 +18,7 @@ from fivewsi.utils.outputs import (
     check_output_file,
     check_output_folder,
     csv_cell,
+    csv_value,
     is_same_file,
     safe_file_name,
 )
@@ -77,3 +78,4 @@ def test_csv_cells_never_start_a_formula(text):
     buffer = io.StringIO()
     csv.writer(buffer).writerow([cell])
     assert next(csv.reader(io.StringIO(buffer.getvalue()))) == [cell]
+    assert csv_value(cell) == text  # fivewsi reads its own cells back unchanged

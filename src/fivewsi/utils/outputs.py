@@ -139,6 +139,19 @@ def csv_cell(value: Any) -> Any:
     return value
 
 
+def csv_value(cell: str) -> str:
+    """The value of a cell written by :func:`csv_cell`: the guarding ``'`` taken off again, so
+    fivewsi reads its own CSVs (``LABELS.csv`` into ``cohort merge``, ...) back unchanged.
+
+    Example:
+        >>> csv_value(csv_cell("=1+1")), csv_value("'quoted"), csv_value("plain")
+        ('=1+1', "'quoted", 'plain')
+    """
+    if len(cell) > 1 and cell[0] == "'" and cell[1:].startswith(_FORMULA_START):
+        return cell[1:]
+    return cell
+
+
 def csv_row(values: Iterable[Any]) -> list[Any]:
     """:func:`csv_cell` over a row."""
     return [csv_cell(v) for v in values]
