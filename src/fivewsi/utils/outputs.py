@@ -133,8 +133,9 @@ def safe_file_name(identifier: str, *, max_bytes: int = MAX_STEM_BYTES) -> str:
 
 def csv_cell(value: Any) -> Any:
     """A text cell that a spreadsheet shows as text: a leading ``= + - @`` (or tab / CR) gets
-    a ``'`` in front, as OWASP advises; numbers and other values pass unchanged."""
-    if isinstance(value, str) and value.startswith(_FORMULA_START):
+    a ``'`` in front, as OWASP advises (and so does a leading ``'``, so that :func:`csv_value`
+    can undo it exactly); numbers and other values pass unchanged."""
+    if isinstance(value, str) and value.startswith((*_FORMULA_START, "'")):
         return "'" + value
     return value
 
@@ -144,10 +145,10 @@ def csv_value(cell: str) -> str:
     fivewsi reads its own CSVs (``LABELS.csv`` into ``cohort merge``, ...) back unchanged.
 
     Example:
-        >>> csv_value(csv_cell("=1+1")), csv_value("'quoted"), csv_value("plain")
-        ('=1+1', "'quoted", 'plain')
+        >>> csv_value(csv_cell("=1+1")), csv_value(csv_cell("'=x")), csv_value("plain")
+        ('=1+1', "'=x", 'plain')
     """
-    if len(cell) > 1 and cell[0] == "'" and cell[1:].startswith(_FORMULA_START):
+    if len(cell) > 1 and cell[0] == "'" and cell[1:].startswith((*_FORMULA_START, "'")):
         return cell[1:]
     return cell
 
