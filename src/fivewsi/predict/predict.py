@@ -24,6 +24,7 @@ from __future__ import annotations
 import csv
 import io
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,8 +33,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from fivewsi.errors import PredictStageError
 from fivewsi.utils.atomic import write_text_atomic
 from fivewsi.utils.logs import make_progress
+from fivewsi.utils.outputs import check_output_folder, safe_file_name
 
 if TYPE_CHECKING:
     from fivewsi.features.bags import Bag
@@ -46,6 +49,10 @@ log = logging.getLogger(__name__)
 FEATURE_SUFFIXES = (".h5", ".pt")
 #: Side of the thumbnail heatmaps are drawn on.
 THUMBNAIL_SIDE = 1024
+
+
+class PredictInputError(PredictStageError, ValueError):
+    """The inputs cannot all be scored: none found, one missing, or two claim one slide id."""
 
 
 class PredictConfig(BaseModel):
@@ -99,18 +106,23 @@ class PredictResult:
 
 
 def predict(config: PredictConfig) -> PredictResult:
-    """Predict every input of ``config``; failures are recorded, never fatal for the others."""
+    """Predict every input of ``config``; failures are recorded, never fatal for the others.
+
+    Before any slide is touched, the run is loaded, every input is found and given its slide id
+    (two inputs with one id are refused) and ``config.out`` is proven writable: these raise a
+    :class:`~fivewsi.errors.FivewsiError` (the command line's one line and exit 2).
+    """
     from fivewsi.runs.classifier import load_model
 
     started = time.perf_counter()
     out = Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
     classifier = load_model(config.run, classes=config.classes, device=config.device)
-    slides, features = _split_inputs(config.inputs)
+    slides, features = _split_inputs(config.inputs, out)
+    check_output_folder(out)
     tick = time.perf_counter()
     sources = _preprocess_slides(slides, classifier, config) if slides else {}
-    sources.update({p.stem: (p, None, "") for p in features})
+    sources.update({slide_id: (p, None, "") for slide_id, p in features.items()})
     timings["preprocess"] = time.perf_counter() - tick
     outcomes = _predict_all(sources, classifier, config, timings)
     tick = time.perf_counter()
@@ -123,26 +135,70 @@ def predict(config: PredictConfig) -> PredictResult:
     return result
 
 
-def _split_inputs(inputs: list[Path]) -> tuple[list[Path], list[Path]]:
-    """Feature files as given or found in folders; everything else goes to the slide finder."""
-    from fivewsi.slides.readers import find_slides
+def _split_inputs(
+    inputs: list[Path], out: Path | None = None
+) -> tuple[list[Path], dict[str, Path]]:
+    """Every input as a slide or a feature file, each under its own slide id.
 
-    features: list[Path] = []
-    others: list[Path] = []
+    A folder gives its feature files (:data:`FEATURE_SUFFIXES`, top level) and its slides
+    (searched recursively); a file is a feature file by its suffix, else a slide. Anything
+    under ``out`` is fivewsi's own output and never an input. One file reached twice under one
+    id (by name and through its folder) is one input.
+
+    Returns:
+        the slides (their ids are :func:`~fivewsi.slides.readers.slide_id_from_path`) and
+        slide id → feature file.
+
+    Raises:
+        PredictInputError: an input does not exist, nothing was found, or two different
+            inputs claim one slide id (or would write to the same output files).
+    """
+    from fivewsi.slides.readers import find_slides, slide_id_from_path
+
+    missing = [str(p) for p in map(Path, inputs) if not p.exists()]
+    if missing:
+        raise PredictInputError(f"input not found: {', '.join(missing)}")
+    own = Path(os.path.realpath(out)) if out is not None else None
+
+    def ours(path: Path) -> bool:
+        return own is not None and Path(os.path.realpath(path)).is_relative_to(own)
+
+    found: list[tuple[str, Path, bool]] = []  # (slide id, path, is a feature file)
     for path in map(Path, inputs):
         if path.is_dir():
-            found = sorted(p for s in FEATURE_SUFFIXES for p in path.glob(f"*{s}"))
-            features.extend(found)
-            if not found:
-                others.append(path)
+            bags = sorted(p for s in FEATURE_SUFFIXES for p in path.glob(f"*{s}") if p.is_file())
+            found += [(p.stem, p, True) for p in bags if not ours(p)]
+            found += [(slide_id_from_path(p), p, False) for p in find_slides([path])
+                      if not ours(p)]
         elif path.suffix.lower() in FEATURE_SUFFIXES:
-            features.append(path)
+            found.append((path.stem, path, True))
         else:
-            others.append(path)
-    missing = [p for p in others if not p.exists()]
-    if missing:
-        raise FileNotFoundError(f"input not found: {', '.join(map(str, missing))}")
-    return (find_slides(others) if others else []), features
+            found += [(slide_id_from_path(p), p, False) for p in find_slides([path])]
+    if not found:
+        raise PredictInputError(
+            f"no slides or feature files ({', '.join(FEATURE_SUFFIXES)}) found in "
+            f"{', '.join(map(str, inputs))}"
+        )
+    by_id: dict[str, tuple[Path, bool]] = {}
+    by_name: dict[str, str] = {}
+    for slide_id, path, is_bag in found:
+        if slide_id in by_id:
+            if os.path.realpath(by_id[slide_id][0]) == os.path.realpath(path):
+                continue  # the same file, reached twice
+            raise PredictInputError(
+                f"two inputs have the slide id {slide_id!r}: {by_id[slide_id][0]} and {path}; "
+                "rename one, or predict them into separate --out folders"
+            )
+        name = safe_file_name(slide_id).casefold()
+        if name in by_name:
+            raise PredictInputError(
+                f"slide ids {by_name[name]!r} and {slide_id!r} would share output file names; "
+                "rename one, or predict them into separate --out folders"
+            )
+        by_id[slide_id], by_name[name] = (path, is_bag), slide_id
+    slides = [path for path, is_bag in by_id.values() if not is_bag]
+    features = {slide_id: path for slide_id, (path, is_bag) in by_id.items() if is_bag}
+    return slides, features
 
 
 def _preprocess_slides(
@@ -169,6 +225,8 @@ def _preprocess_slides(
         slide_id = slide_id_from_path(slide)
         record = by_id.get(slide_id)
         feature_file = Path(config.out) / "features" / f"{slide_id}.h5"
+        if not feature_file.exists():  # a preprocess that names its files safely
+            feature_file = feature_file.with_name(f"{safe_file_name(slide_id)}.h5")
         error = "" if record and record.status == "done" else (record.error if record else "")
         sources[slide_id] = (feature_file, slide, error or ("" if record else "not processed"))
     return sources
