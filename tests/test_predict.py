@@ -200,3 +200,43 @@ def test_predict_on_no_inputs(setup: dict[str, Path], tmp_path: Path) -> None:
     empty.mkdir()
     _refused(_predict(setup, str(empty), "--out", str(tmp_path / "out")), "no slides")
     assert not (tmp_path / "out" / "predictions.csv").exists()
+
+
+# a prediction stands when only its pictures cannot be written
+
+
+def _shifted_bag(source: Path, target: Path, shift: int) -> Path:
+    import h5py
+
+    _copy(source, target)
+    with h5py.File(target, "r+") as handle:
+        handle["coords"][...] = handle["coords"][...] - shift
+    return target
+
+
+def test_predict_keeps_the_prediction_when_heatmaps_fail(setup: dict[str, Path],
+                                                         tmp_path: Path) -> None:
+    negative = _shifted_bag(setup["work"] / "features" / "s1.h5",
+                            tmp_path / "in" / "neg.h5", 10**9)
+    classes = tmp_path / "classes.csv"
+    long_name = "x" * 300
+    write_classes([ClassDescription(long_name, "glandular adenocarcinoma"),
+                   ClassDescription("LUSC", "keratinising squamous carcinoma")], classes)
+    out = tmp_path / "out"
+    h5 = setup["work"] / "features" / "s1.h5"
+    done = _predict(setup, str(negative), str(h5), "--out", str(out), "--classes", str(classes))
+    assert done.exit_code == 0, done.output
+    rows = {r["slide_id"]: r for r in _rows(out / "predictions.csv")}
+    for row in rows.values():
+        assert row["status"] == "ok" and row["predicted"] in (long_name, "LUSC"), row
+        assert not row["error"]
+    # the 300-character class name gets a bounded heatmap file name
+    maps = {p.name for p in (out / "heatmaps" / "s1").glob("*.png")}
+    assert len(maps) >= 3 and all(len(name.encode()) < 255 for name in maps)
+    assert rows["s1"]["render_error"] == ""
+    # negative coordinates: no heatmaps, the problem recorded apart from the prediction
+    assert "negative" in rows["neg"]["render_error"]
+    assert not (out / "heatmaps" / "neg").exists()
+    page = (out / "report.html").read_text()
+    assert "Heatmaps not drawn" in page and "negative" in page
+

@@ -81,6 +81,7 @@ class SlideOutcome:
     source: Path
     status: str = "ok"
     error: str = ""
+    render_error: str = ""  # heatmaps / GeoJSON that could not be written; the prediction stands
     prediction: SlidePrediction | None = None
     attributes: dict[str, tuple[str, float]] = field(default_factory=dict)
     description: str = ""
@@ -260,12 +261,16 @@ def _predict_all(
                     outcome.n_patches = result.bag.n_patches
                     _describe(outcome, classifier)
                 timings["model"] += time.perf_counter() - tick
-                if result.error is None:
-                    tick = time.perf_counter()
-                    _render_one(outcome, result.bag, slide, classifier, config)
-                    timings["render"] += time.perf_counter() - tick
             except Exception as exc:  # one bad slide must not stop the batch
                 result.error = f"{type(exc).__name__}: {exc}"
+            if result.error is None:
+                tick = time.perf_counter()
+                try:
+                    _render_one(outcome, result.bag, slide, classifier, config)
+                except Exception as exc:  # the prediction stands without its pictures
+                    outcome.render_error = f"{type(exc).__name__}: {exc}"
+                    log.warning("%s: heatmaps not written: %s", slide_id, outcome.render_error)
+                timings["render"] += time.perf_counter() - tick
             if result.error is not None:
                 if outcome.prediction is not None or not sources[slide_id][2]:
                     log.warning("%s: prediction failed: %s", slide_id, result.error)
@@ -312,21 +317,40 @@ def _render_one(
     if bag.coords is None or not (config.heatmaps or config.geojson):
         return
     size = bag.patch_size_level0 or 256
+    if len(bag.coords) and int(np.min(bag.coords)) < 0:
+        smallest = np.min(bag.coords, axis=0).tolist()
+        raise ValueError(
+            f"patch coordinates are negative (smallest x, y: {smallest}); "
+            "heatmaps and GeoJSON need level-0 coordinates inside the slide"
+        )
     scores = _heatmap_scores(outcome.prediction, classifier)
     out = Path(config.out)
+    stem = safe_file_name(outcome.slide_id)
     if config.geojson:
         collection = patch_geojson(bag.coords, size, scores, slide_id=outcome.slide_id)
-        outcome.geojson = write_geojson(out / "geojson" / f"{outcome.slide_id}.geojson", collection)
+        outcome.geojson = write_geojson(out / "geojson" / f"{stem}.geojson", collection)
     if not config.heatmaps:
         return
     thumbnail, downsample = _thumbnail(slide, bag, size, config.slide_mpp)
     canvas = HeatmapCanvas(thumbnail, bag.coords, size, downsample, max_side=THUMBNAIL_SIDE)
-    folder = out / "heatmaps" / outcome.slide_id
+    folder = out / "heatmaps" / stem
     plain = canvas.render(np.full(bag.n_patches, np.nan))  # NaN leaves every patch unpainted
     outcome.thumbnail = save_png(folder / "thumbnail.png", plain)
     for name, values in scores.items():
-        filename = name.replace(" ", "-").replace("/", "-") + ".png"
+        filename = heatmap_file_name(name)
         outcome.heatmaps[name] = save_png(folder / filename, canvas.render(values))
+
+
+def heatmap_file_name(name: str) -> str:
+    """The PNG name of one heatmap (``class LUAD``, a question key): safe and bounded.
+
+    Example:
+        >>> heatmap_file_name("class LUAD"), heatmap_file_name("class a/b:c")
+        ('class-LUAD.png', 'class-a-b_c.png')
+        >>> len(heatmap_file_name("class " + "x" * 300)) <= 130
+        True
+    """
+    return safe_file_name(name.replace(" ", "-").replace("/", "-")) + ".png"
 
 
 def _thumbnail(
@@ -349,7 +373,7 @@ def _write_predictions(
     header = ["slide_id", "status", "error", "predicted"]
     header += [f"p_{c}" for c in classifier.classes]
     header += [col for k in keys for col in (k, f"{k}_probability")]
-    header += ["description", "n_patches"]
+    header += ["description", "n_patches", "render_error"]
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(header)
@@ -360,7 +384,7 @@ def _write_predictions(
         for key in keys:
             category, prob = o.attributes.get(key, ("", float("nan")))
             row += [category, f"{prob:.4f}" if category else ""]
-        row += [o.description, o.n_patches]
+        row += [o.description, o.n_patches, o.render_error]
         writer.writerow(row)
     write_text_atomic(path, buffer.getvalue())
 
@@ -393,6 +417,7 @@ def _slide_report(outcome: SlideOutcome, classifier: SlideClassifier, out: Path)
         slide_id=outcome.slide_id,
         status=outcome.status,
         error=outcome.error or None,
+        render_error=outcome.render_error or None,
         predicted=p.predicted if p else None,
         probabilities=dict(zip(classifier.classes, map(float, p.probabilities), strict=True))
         if p
