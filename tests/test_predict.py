@@ -240,3 +240,24 @@ def test_predict_keeps_the_prediction_when_heatmaps_fail(setup: dict[str, Path],
     page = (out / "report.html").read_text()
     assert "Heatmaps not drawn" in page and "negative" in page
 
+
+# CSV injection: text cells are guarded, numbers are not, and read back exactly
+
+
+def test_predictions_csv_guards_formula_cells(setup: dict[str, Path], tmp_path: Path) -> None:
+    from fivewsi.utils.outputs import csv_value
+
+    bag = _copy(setup["work"] / "features" / "s1.h5", tmp_path / "in" / "=cmd.h5")
+    classes = tmp_path / "classes.csv"
+    write_classes([ClassDescription("+x", "glandular adenocarcinoma"),
+                   ClassDescription("@y", "keratinising squamous carcinoma")], classes)
+    out = tmp_path / "out"
+    done = _predict(setup, str(bag), "--out", str(out), "--classes", str(classes), "--no-html")
+    assert done.exit_code == 0, done.output
+    (row,) = _rows(out / "predictions.csv")
+    assert row["slide_id"] == "'=cmd" and csv_value(row["slide_id"]) == "=cmd"
+    assert row["predicted"] in ("'+x", "'@y")
+    assert csv_value(row["predicted"]) in ("+x", "@y")
+    assert float(row["p_+x"]) + float(row["p_@y"]) == pytest.approx(1, abs=1e-4)
+    assert not row["n_patches"].startswith("'")
+    assert (out / "heatmaps" / "=cmd").is_dir()  # file names keep the id where it is safe

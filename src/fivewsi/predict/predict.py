@@ -8,7 +8,8 @@ fails anywhere keeps its row, with its error, in ``predictions.csv`` and the pag
 Outputs::
 
     OUT/predictions.csv          slide_id, status, error, predicted, p_<class>..., per-question
-                                 best category and its probability, draft description
+                                 best category and its probability, draft description,
+                                 n_patches, render_error (text cells guarded by csv_cell)
     OUT/heatmaps/<id>/*.png      overlays on the thumbnail: the predicted class, each question
     OUT/geojson/<id>.geojson     patch polygons with every score as a measurement (QuPath)
     OUT/report.html              the self-contained page
@@ -36,7 +37,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from fivewsi.errors import PredictStageError
 from fivewsi.utils.atomic import write_text_atomic
 from fivewsi.utils.logs import make_progress
-from fivewsi.utils.outputs import check_output_folder, safe_file_name
+from fivewsi.utils.outputs import check_output_folder, csv_cell, safe_file_name
 
 if TYPE_CHECKING:
     from fivewsi.features.bags import Bag
@@ -379,12 +380,14 @@ def _write_predictions(
     writer.writerow(header)
     for o in outcomes:
         p = o.prediction
-        row: list[Any] = [o.slide_id, o.status, o.error, p.predicted if p else ""]
+        # text cells go through csv_cell (no formula a spreadsheet would run); numbers as they are
+        row: list[Any] = [csv_cell(o.slide_id), o.status, csv_cell(o.error),
+                          csv_cell(p.predicted) if p else ""]
         row += [f"{v:.6f}" for v in p.probabilities] if p else [""] * len(classifier.classes)
         for key in keys:
             category, prob = o.attributes.get(key, ("", float("nan")))
-            row += [category, f"{prob:.4f}" if category else ""]
-        row += [o.description, o.n_patches, o.render_error]
+            row += [csv_cell(category), f"{prob:.4f}" if category else ""]
+        row += [csv_cell(o.description), o.n_patches, csv_cell(o.render_error)]
         writer.writerow(row)
     write_text_atomic(path, buffer.getvalue())
 
