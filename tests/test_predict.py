@@ -261,3 +261,26 @@ def test_predictions_csv_guards_formula_cells(setup: dict[str, Path], tmp_path: 
     assert float(row["p_+x"]) + float(row["p_@y"]) == pytest.approx(1, abs=1e-4)
     assert not row["n_patches"].startswith("'")
     assert (out / "heatmaps" / "=cmd").is_dir()  # file names keep the id where it is safe
+
+
+def test_predict_names_both_feature_sizes_and_encoders(setup: dict[str, Path],
+                                                       tmp_path: Path) -> None:
+    import h5py
+
+    bag = _copy(setup["work"] / "features" / "s1.h5", tmp_path / "in" / "other.h5")
+    with h5py.File(bag, "r+") as handle:
+        features = handle["features"][...]
+        attrs = dict(handle["features"].attrs)
+        del handle["features"]
+        handle.create_dataset("features", data=features[:, :16])
+        handle["features"].attrs.update({**attrs, "encoder": "uni", "encoder_dim": 16})
+    out = tmp_path / "out"
+    done = _predict(setup, str(bag), str(setup["work"] / "features" / "s1.h5"),
+                    "--out", str(out), "--no-html")
+    assert done.exit_code == 1, done.output  # the other slide is done
+    rows = {r["slide_id"]: r for r in _rows(out / "predictions.csv")}
+    assert rows["s1"]["status"] == "ok"
+    error = rows["other"]["error"]
+    assert rows["other"]["status"] == "failed"
+    assert "85-dim features from encoder he-handcrafted" in error, error
+    assert "16-dim features from encoder uni" in error, error

@@ -272,6 +272,8 @@ def _predict_all(
                     outcome.render_error = f"{type(exc).__name__}: {exc}"
                     log.warning("%s: heatmaps not written: %s", slide_id, outcome.render_error)
                 timings["render"] += time.perf_counter() - tick
+            if result.error is not None and result.error.startswith("feature size"):
+                result.error = _feature_size_error(feature_file, classifier)
             if result.error is not None:
                 if outcome.prediction is not None or not sources[slide_id][2]:
                     log.warning("%s: prediction failed: %s", slide_id, result.error)
@@ -280,6 +282,24 @@ def _predict_all(
             outcomes.append(outcome)
             bars.advance(task)
     return outcomes
+
+
+def _feature_size_error(feature_file: Path, classifier: SlideClassifier) -> str:
+    """Which feature sizes differ and why: the run's encoder against the file's."""
+    from fivewsi.features.bags import load_bag
+
+    encoder = classifier.preprocess_settings().get("encoder") or "its encoder"
+    try:
+        bag = load_bag(feature_file)
+        attrs, dim = bag.attrs, str(bag.dim)
+    except Exception:  # the explanation is a courtesy: keep what is known
+        attrs, dim = {}, "another"
+    theirs = f"from encoder {attrs['encoder']}" if attrs.get("encoder") else "from another encoder"
+    return (
+        f"feature size mismatch: the run was trained on {classifier.in_dim}-dim features from "
+        f"encoder {encoder}; this bag has {dim}-dim features {theirs}. Embed the slide with "
+        f"{encoder} (give predict the slide itself, or preprocess with --encoder {encoder})"
+    )
 
 
 def _describe(outcome: SlideOutcome, classifier: SlideClassifier) -> None:
