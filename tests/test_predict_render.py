@@ -369,6 +369,16 @@ def test_report_escapes_all_text_and_shows_failures(tmp_path: Path) -> None:
     assert len(images) == 3 and all(src.startswith("data:image/") for src in images)
 
 
+def test_report_shows_a_render_error_escaped() -> None:
+    slide = SlideReport("s<1>", predicted="LUAD", probabilities={"LUAD": 0.9, "LUSC": 0.1},
+                        render_error=f"OSError: {XSS}")
+    page = render_report_html([slide])
+    assert "<script" not in page.lower()
+    assert page.count("heatmaps not drawn: OSError: &lt;script&gt;") == 1  # slide index
+    assert page.count("Heatmaps not drawn: OSError: &lt;script&gt;") == 1  # its card
+    assert 'class="slide ok"' in page  # the prediction still stands
+
+
 def test_report_is_offline(tmp_path: Path) -> None:
     slides = sample_slides(tmp_path)
     slides[1].geojson = "https://example.org/steal.geojson"

@@ -97,6 +97,7 @@ class SlideReport:
     slide_id: str
     status: str = "ok"
     error: str | None = None
+    render_error: str | None = None  # heatmaps not drawn; the prediction itself stands
     predicted: str | None = None
     probabilities: dict[str, float] = field(default_factory=dict)
     attributes: list[AttributeRow] = field(default_factory=list)
@@ -296,14 +297,16 @@ def _slide_index(slides: Sequence[SlideReport]) -> str:
     rows = []
     for index, slide in enumerate(slides):
         confidence = slide.confidence
+        render = f" (heatmaps not drawn: {slide.render_error})" if slide.render_error else ""
         rows.append(
             f'<tr class="{slide.status}">'
             f'<td><a href="#slide-{index}">{_e(slide.slide_id)}</a></td>'
             f"<td>{_e(slide.status)}</td>"
             f"<td>{_e(slide.predicted or '')}</td>"
             f"<td>{'' if confidence is None else _e(f'{confidence:.1%}')}</td>"
-            f'<td class="error-text">{_e(slide.error or "")}</td>'
-            "</tr>"
+            f'<td class="error-text">{_e(slide.error or "")}'
+            f"{_e(render)}"
+            "</td></tr>"
         )
     return (
         '<table id="slides" class="index"><thead><tr><th>Slide</th><th>Status</th>'
@@ -330,6 +333,10 @@ def _slide_card(index: int, slide: SlideReport, thumb_side: int, heatmap_side: i
     ]
     if slide.status == "failed" or slide.error:
         parts.append(f'<p class="error">Error: {_e(slide.error or "unknown error")}</p>')
+    if slide.render_error:
+        parts.append(
+            f'<p class="error render-error">Heatmaps not drawn: {_e(slide.render_error)}</p>'
+        )
     parts.append('<div class="row">')
     if slide.thumbnail is not None:
         parts.append(_figure(slide.thumbnail, thumb_side, "thumb"))

@@ -8,7 +8,8 @@ fails anywhere keeps its row, with its error, in ``predictions.csv`` and the pag
 Outputs::
 
     OUT/predictions.csv          slide_id, status, error, predicted, p_<class>..., per-question
-                                 best category and its probability, draft description
+                                 best category and its probability, draft description,
+                                 n_patches, render_error (text cells guarded by csv_cell)
     OUT/heatmaps/<id>/*.png      overlays on the thumbnail: the predicted class, each question
     OUT/geojson/<id>.geojson     patch polygons with every score as a measurement (QuPath)
     OUT/report.html              the self-contained page
@@ -24,6 +25,7 @@ from __future__ import annotations
 import csv
 import io
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,8 +34,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from fivewsi.errors import PredictStageError
 from fivewsi.utils.atomic import write_text_atomic
 from fivewsi.utils.logs import make_progress
+from fivewsi.utils.outputs import check_output_folder, csv_cell, safe_file_name
 
 if TYPE_CHECKING:
     from fivewsi.features.bags import Bag
@@ -46,6 +50,10 @@ log = logging.getLogger(__name__)
 FEATURE_SUFFIXES = (".h5", ".pt")
 #: Side of the thumbnail heatmaps are drawn on.
 THUMBNAIL_SIDE = 1024
+
+
+class PredictInputError(PredictStageError, ValueError):
+    """The inputs cannot all be scored: none found, one missing, or two claim one slide id."""
 
 
 class PredictConfig(BaseModel):
@@ -74,6 +82,7 @@ class SlideOutcome:
     source: Path
     status: str = "ok"
     error: str = ""
+    render_error: str = ""  # heatmaps / GeoJSON that could not be written; the prediction stands
     prediction: SlidePrediction | None = None
     attributes: dict[str, tuple[str, float]] = field(default_factory=dict)
     description: str = ""
@@ -99,18 +108,23 @@ class PredictResult:
 
 
 def predict(config: PredictConfig) -> PredictResult:
-    """Predict every input of ``config``; failures are recorded, never fatal for the others."""
+    """Predict every input of ``config``; failures are recorded, never fatal for the others.
+
+    Before any slide is touched, the run is loaded, every input is found and given its slide id
+    (two inputs with one id are refused) and ``config.out`` is proven writable: these raise a
+    :class:`~fivewsi.errors.FivewsiError` (the command line's one line and exit 2).
+    """
     from fivewsi.runs.classifier import load_model
 
     started = time.perf_counter()
     out = Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
     classifier = load_model(config.run, classes=config.classes, device=config.device)
-    slides, features = _split_inputs(config.inputs)
+    slides, features = _split_inputs(config.inputs, out)
+    check_output_folder(out)
     tick = time.perf_counter()
     sources = _preprocess_slides(slides, classifier, config) if slides else {}
-    sources.update({p.stem: (p, None, "") for p in features})
+    sources.update({slide_id: (p, None, "") for slide_id, p in features.items()})
     timings["preprocess"] = time.perf_counter() - tick
     outcomes = _predict_all(sources, classifier, config, timings)
     tick = time.perf_counter()
@@ -123,26 +137,70 @@ def predict(config: PredictConfig) -> PredictResult:
     return result
 
 
-def _split_inputs(inputs: list[Path]) -> tuple[list[Path], list[Path]]:
-    """Feature files as given or found in folders; everything else goes to the slide finder."""
-    from fivewsi.slides.readers import find_slides
+def _split_inputs(
+    inputs: list[Path], out: Path | None = None
+) -> tuple[list[Path], dict[str, Path]]:
+    """Every input as a slide or a feature file, each under its own slide id.
 
-    features: list[Path] = []
-    others: list[Path] = []
+    A folder gives its feature files (:data:`FEATURE_SUFFIXES`, top level) and its slides
+    (searched recursively); a file is a feature file by its suffix, else a slide. Anything
+    under ``out`` is fivewsi's own output and never an input. One file reached twice under one
+    id (by name and through its folder) is one input.
+
+    Returns:
+        the slides (their ids are :func:`~fivewsi.slides.readers.slide_id_from_path`) and
+        slide id → feature file.
+
+    Raises:
+        PredictInputError: an input does not exist, nothing was found, or two different
+            inputs claim one slide id (or would write to the same output files).
+    """
+    from fivewsi.slides.readers import find_slides, slide_id_from_path
+
+    missing = [str(p) for p in map(Path, inputs) if not p.exists()]
+    if missing:
+        raise PredictInputError(f"input not found: {', '.join(missing)}")
+    own = Path(os.path.realpath(out)) if out is not None else None
+
+    def ours(path: Path) -> bool:
+        return own is not None and Path(os.path.realpath(path)).is_relative_to(own)
+
+    found: list[tuple[str, Path, bool]] = []  # (slide id, path, is a feature file)
     for path in map(Path, inputs):
         if path.is_dir():
-            found = sorted(p for s in FEATURE_SUFFIXES for p in path.glob(f"*{s}"))
-            features.extend(found)
-            if not found:
-                others.append(path)
+            bags = sorted(p for s in FEATURE_SUFFIXES for p in path.glob(f"*{s}") if p.is_file())
+            found += [(p.stem, p, True) for p in bags if not ours(p)]
+            found += [(slide_id_from_path(p), p, False) for p in find_slides([path])
+                      if not ours(p)]
         elif path.suffix.lower() in FEATURE_SUFFIXES:
-            features.append(path)
+            found.append((path.stem, path, True))
         else:
-            others.append(path)
-    missing = [p for p in others if not p.exists()]
-    if missing:
-        raise FileNotFoundError(f"input not found: {', '.join(map(str, missing))}")
-    return (find_slides(others) if others else []), features
+            found += [(slide_id_from_path(p), p, False) for p in find_slides([path])]
+    if not found:
+        raise PredictInputError(
+            f"no slides or feature files ({', '.join(FEATURE_SUFFIXES)}) found in "
+            f"{', '.join(map(str, inputs))}"
+        )
+    by_id: dict[str, tuple[Path, bool]] = {}
+    by_name: dict[str, str] = {}
+    for slide_id, path, is_bag in found:
+        if slide_id in by_id:
+            if os.path.realpath(by_id[slide_id][0]) == os.path.realpath(path):
+                continue  # the same file, reached twice
+            raise PredictInputError(
+                f"two inputs have the slide id {slide_id!r}: {by_id[slide_id][0]} and {path}; "
+                "rename one, or predict them into separate --out folders"
+            )
+        name = safe_file_name(slide_id).casefold()
+        if name in by_name:
+            raise PredictInputError(
+                f"slide ids {by_name[name]!r} and {slide_id!r} would share output file names; "
+                "rename one, or predict them into separate --out folders"
+            )
+        by_id[slide_id], by_name[name] = (path, is_bag), slide_id
+    slides = [path for path, is_bag in by_id.values() if not is_bag]
+    features = {slide_id: path for slide_id, (path, is_bag) in by_id.items() if is_bag}
+    return slides, features
 
 
 def _preprocess_slides(
@@ -169,6 +227,8 @@ def _preprocess_slides(
         slide_id = slide_id_from_path(slide)
         record = by_id.get(slide_id)
         feature_file = Path(config.out) / "features" / f"{slide_id}.h5"
+        if not feature_file.exists():  # a preprocess that names its files safely
+            feature_file = feature_file.with_name(f"{safe_file_name(slide_id)}.h5")
         error = "" if record and record.status == "done" else (record.error if record else "")
         sources[slide_id] = (feature_file, slide, error or ("" if record else "not processed"))
     return sources
@@ -202,12 +262,18 @@ def _predict_all(
                     outcome.n_patches = result.bag.n_patches
                     _describe(outcome, classifier)
                 timings["model"] += time.perf_counter() - tick
-                if result.error is None:
-                    tick = time.perf_counter()
-                    _render_one(outcome, result.bag, slide, classifier, config)
-                    timings["render"] += time.perf_counter() - tick
             except Exception as exc:  # one bad slide must not stop the batch
                 result.error = f"{type(exc).__name__}: {exc}"
+            if result.error is None:
+                tick = time.perf_counter()
+                try:
+                    _render_one(outcome, result.bag, slide, classifier, config)
+                except Exception as exc:  # the prediction stands without its pictures
+                    outcome.render_error = f"{type(exc).__name__}: {exc}"
+                    log.warning("%s: heatmaps not written: %s", slide_id, outcome.render_error)
+                timings["render"] += time.perf_counter() - tick
+            if result.error is not None and result.error.startswith("feature size"):
+                result.error = _feature_size_error(feature_file, classifier)
             if result.error is not None:
                 if outcome.prediction is not None or not sources[slide_id][2]:
                     log.warning("%s: prediction failed: %s", slide_id, result.error)
@@ -216,6 +282,24 @@ def _predict_all(
             outcomes.append(outcome)
             bars.advance(task)
     return outcomes
+
+
+def _feature_size_error(feature_file: Path, classifier: SlideClassifier) -> str:
+    """Which feature sizes differ and why: the run's encoder against the file's."""
+    from fivewsi.features.bags import load_bag
+
+    encoder = classifier.preprocess_settings().get("encoder") or "its encoder"
+    try:
+        bag = load_bag(feature_file)
+        attrs, dim = bag.attrs, str(bag.dim)
+    except Exception:  # the explanation is a courtesy: keep what is known
+        attrs, dim = {}, "another"
+    theirs = f"from encoder {attrs['encoder']}" if attrs.get("encoder") else "from another encoder"
+    return (
+        f"feature size mismatch: the run was trained on {classifier.in_dim}-dim features from "
+        f"encoder {encoder}; this bag has {dim}-dim features {theirs}. Embed the slide with "
+        f"{encoder} (give predict the slide itself, or preprocess with --encoder {encoder})"
+    )
 
 
 def _describe(outcome: SlideOutcome, classifier: SlideClassifier) -> None:
@@ -254,21 +338,40 @@ def _render_one(
     if bag.coords is None or not (config.heatmaps or config.geojson):
         return
     size = bag.patch_size_level0 or 256
+    if len(bag.coords) and int(np.min(bag.coords)) < 0:
+        smallest = np.min(bag.coords, axis=0).tolist()
+        raise ValueError(
+            f"patch coordinates are negative (smallest x, y: {smallest}); "
+            "heatmaps and GeoJSON need level-0 coordinates inside the slide"
+        )
     scores = _heatmap_scores(outcome.prediction, classifier)
     out = Path(config.out)
+    stem = safe_file_name(outcome.slide_id)
     if config.geojson:
         collection = patch_geojson(bag.coords, size, scores, slide_id=outcome.slide_id)
-        outcome.geojson = write_geojson(out / "geojson" / f"{outcome.slide_id}.geojson", collection)
+        outcome.geojson = write_geojson(out / "geojson" / f"{stem}.geojson", collection)
     if not config.heatmaps:
         return
     thumbnail, downsample = _thumbnail(slide, bag, size, config.slide_mpp)
     canvas = HeatmapCanvas(thumbnail, bag.coords, size, downsample, max_side=THUMBNAIL_SIDE)
-    folder = out / "heatmaps" / outcome.slide_id
+    folder = out / "heatmaps" / stem
     plain = canvas.render(np.full(bag.n_patches, np.nan))  # NaN leaves every patch unpainted
     outcome.thumbnail = save_png(folder / "thumbnail.png", plain)
     for name, values in scores.items():
-        filename = name.replace(" ", "-").replace("/", "-") + ".png"
+        filename = heatmap_file_name(name)
         outcome.heatmaps[name] = save_png(folder / filename, canvas.render(values))
+
+
+def heatmap_file_name(name: str) -> str:
+    """The PNG name of one heatmap (``class LUAD``, a question key): safe and bounded.
+
+    Example:
+        >>> heatmap_file_name("class LUAD"), heatmap_file_name("class a/b:c")
+        ('class-LUAD.png', 'class-a-b_c.png')
+        >>> len(heatmap_file_name("class " + "x" * 300)) <= 130
+        True
+    """
+    return safe_file_name(name.replace(" ", "-").replace("/", "-")) + ".png"
 
 
 def _thumbnail(
@@ -291,18 +394,20 @@ def _write_predictions(
     header = ["slide_id", "status", "error", "predicted"]
     header += [f"p_{c}" for c in classifier.classes]
     header += [col for k in keys for col in (k, f"{k}_probability")]
-    header += ["description", "n_patches"]
+    header += ["description", "n_patches", "render_error"]
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(header)
     for o in outcomes:
         p = o.prediction
-        row: list[Any] = [o.slide_id, o.status, o.error, p.predicted if p else ""]
+        # text cells go through csv_cell (no formula a spreadsheet would run); numbers as they are
+        row: list[Any] = [csv_cell(o.slide_id), o.status, csv_cell(o.error),
+                          csv_cell(p.predicted) if p else ""]
         row += [f"{v:.6f}" for v in p.probabilities] if p else [""] * len(classifier.classes)
         for key in keys:
             category, prob = o.attributes.get(key, ("", float("nan")))
-            row += [category, f"{prob:.4f}" if category else ""]
-        row += [o.description, o.n_patches]
+            row += [csv_cell(category), f"{prob:.4f}" if category else ""]
+        row += [csv_cell(o.description), o.n_patches, csv_cell(o.render_error)]
         writer.writerow(row)
     write_text_atomic(path, buffer.getvalue())
 
@@ -335,6 +440,7 @@ def _slide_report(outcome: SlideOutcome, classifier: SlideClassifier, out: Path)
         slide_id=outcome.slide_id,
         status=outcome.status,
         error=outcome.error or None,
+        render_error=outcome.render_error or None,
         predicted=p.predicted if p else None,
         probabilities=dict(zip(classifier.classes, map(float, p.probabilities), strict=True))
         if p
