@@ -400,3 +400,28 @@ def test_local_server_needs_no_key(server, qs):
     results, _ = extract_llm(reports(1), qs, make_config(server), progress=False)
     assert results[0].status == "ok"
     assert server.headers[0]["authorization"] == "Bearer not-needed"
+
+
+# --------------------------------------------------------------------------- hostile answers
+
+
+@pytest.mark.parametrize("behaviour", ["error200", "nochoices", "nullchoices", "nullcontent"])
+def test_error_body_with_status_200_fails_and_is_not_cached(server, qs, tmp_path, behaviour):
+    secret = "sk-test-secret-0123456789"
+    os.environ["FIVEWSI_TEST_M2_KEY"] = secret
+    try:
+        server.script("[case-0000]", *[behaviour] * 10)
+        cfg = make_config(server, cache=tmp_path / "llm.sqlite", api_key_env="FIVEWSI_TEST_M2_KEY")
+        first, _ = extract_llm(reports(2), qs, cfg, progress=False)
+        assert [r.status for r in first] == ["failed", "ok"]
+        assert first[0].error and secret not in first[0].error and len(first[0].error) <= 300
+        if behaviour == "error200":
+            assert "model overloaded" in first[0].error
+        with AnswerCache(tmp_path / "llm.sqlite") as cache:
+            assert len(cache) == 1  # only the healthy answer
+        server.reset()  # the server recovers
+        second, stats = extract_llm(reports(2), qs, cfg, progress=False)
+        assert server.count == 1 and stats.requests == 1 and stats.cache_hits == 1
+        assert [r.status for r in second] == ["ok", "ok"]
+    finally:
+        del os.environ["FIVEWSI_TEST_M2_KEY"]

@@ -293,6 +293,34 @@ def redact(text: str, secret: str) -> str:
     return text.replace(secret, "[redacted]")
 
 
+#: Longest server message kept in a report's ``error``.
+MAX_ERROR_CHARS = 300
+
+
+def bounded(text: str, limit: int = MAX_ERROR_CHARS) -> str:
+    """``text`` on one line, cut to ``limit`` characters (with an ellipsis when cut).
+
+    Example:
+        >>> bounded("a\nb" + "x" * 10, limit=5)
+        'a b x…'
+    """
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _server_error(response: object) -> str | None:
+    """The server's message when a 200 body is an ``{"error": ...}`` object, else None."""
+    error = getattr(response, "error", None)
+    if error is None:
+        extra = getattr(response, "model_extra", None) or {}
+        error = extra.get("error") if isinstance(extra, dict) else None
+    if error is None:
+        return None
+    if isinstance(error, dict):
+        return str(error.get("message") or error.get("type") or error)
+    return str(getattr(error, "message", None) or error)
+
+
 def describe_error(exc: BaseException) -> str:
     """A short readable text for a request error, built from safe attributes only.
 
@@ -469,14 +497,35 @@ class _Run:
             # openai hands back the raw text when the body is not JSON (a proxy's error page).
             snippet = redact(str(response)[:80], self.secret)
             raise LLMRequestError(f"the server did not answer with a chat completion: {snippet!r}")
-        if response.usage is not None:
-            reply.prompt_tokens += response.usage.prompt_tokens or 0
-            reply.completion_tokens += response.usage.completion_tokens or 0
-            self.stats.prompt_tokens += response.usage.prompt_tokens or 0
-            self.stats.completion_tokens += response.usage.completion_tokens or 0
-        if not response.choices:
-            return ""
-        return response.choices[0].message.content or ""
+        usage = getattr(response, "usage", None)
+        if usage is not None:
+            reply.prompt_tokens += getattr(usage, "prompt_tokens", 0) or 0
+            reply.completion_tokens += getattr(usage, "completion_tokens", 0) or 0
+            self.stats.prompt_tokens += getattr(usage, "prompt_tokens", 0) or 0
+            self.stats.completion_tokens += getattr(usage, "completion_tokens", 0) or 0
+        return self._answer_text(response)
+
+    def _answer_text(self, response: object) -> str:
+        """The answer of an HTTP 200 reply; a reply that carries none is a failed request.
+
+        An ``{"error": ...}`` body, empty or null ``choices`` and a null message content are
+        no answer: they raise (so they are never cached and a rerun asks again), keeping the
+        server's own message, redacted and bounded.
+
+        Raises:
+            LLMRequestError: the reply holds no answer.
+        """
+        server_error = _server_error(response)
+        choices = getattr(response, "choices", None)
+        if server_error is not None or not choices:
+            what = f"an error: {server_error}" if server_error else "no choices"
+            raise LLMRequestError(
+                bounded(redact(f"the server answered HTTP 200 with {what}", self.secret))
+            )
+        content = getattr(getattr(choices[0], "message", None), "content", None)
+        if not isinstance(content, str):
+            raise LLMRequestError("the server answered HTTP 200 with no message content")
+        return content
 
     async def answer(self, report: str) -> _Reply:
         """Ask one report, with one repair turn if the answer does not split.
