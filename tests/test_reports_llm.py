@@ -425,3 +425,16 @@ def test_error_body_with_status_200_fails_and_is_not_cached(server, qs, tmp_path
         assert [r.status for r in second] == ["ok", "ok"]
     finally:
         del os.environ["FIVEWSI_TEST_M2_KEY"]
+
+
+def test_timeout_is_a_total_deadline_against_a_trickling_server(qs):
+    # The server sends a byte every 0.3 s for ever: no single read ever times out.
+    with FakeLLMServer(trickle_seconds=0.3) as server:
+        server.script("[case-0000]", *["trickle"] * 10)
+        cfg = make_config(server, timeout=1.0, max_retries=1)
+        started = time.monotonic()
+        results, stats = extract_llm(reports(2), qs, cfg, progress=False)
+        elapsed = time.monotonic() - started
+    assert [r.status for r in results] == ["failed", "ok"]
+    assert "timed out" in results[0].error and stats.retries == 1
+    assert elapsed < 6.0  # two attempts of 1 s plus backoff, never the trickle's length

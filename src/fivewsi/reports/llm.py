@@ -9,9 +9,11 @@ Robustness:
 
 - bounded concurrency (one ``asyncio.Semaphore`` around every HTTP request);
 - our own retry loop (the client's is off): exponential backoff with jitter on 408 / 409 / 429 /
-  5xx, timeouts and connection errors, honouring ``Retry-After`` (seconds or an HTTP date);
-  other 4xx fail the report at once with a readable error, and 401 / 403 / 404 (bad key, no
-  access, unknown model) fail the whole rest of the run at once, as every request would;
+  5xx, timeouts and connection errors (``timeout`` bounds each request's total time, so a
+  server trickling bytes cannot hold a report for ever), honouring ``Retry-After`` (seconds
+  or an HTTP date); other 4xx fail the report at once with a readable error, and 401 / 403 /
+  404 (bad key, no access, unknown model) fail the whole rest of the run at once, as every
+  request would;
 - an answer that does not split into one part per question gets ONE repair turn; if the repair
   does not parse either the report is ``needs_review`` with the raw answer kept;
 - finished answers go to a sqlite cache (:mod:`fivewsi.reports.cache`) the moment they arrive,
@@ -110,7 +112,8 @@ class LLMConfig(BaseModel):
     #: Name of the environment variable holding the key (the key itself is never stored).
     api_key_env: str = "OPENAI_API_KEY"
     concurrency: int = Field(16, ge=1)
-    #: Seconds per HTTP request before it counts as timed out (and is retried).
+    #: Seconds one HTTP request may take in total (connect, wait, read the whole answer)
+    #: before it counts as timed out (and is retried).
     timeout: float = Field(60.0, gt=0)
     #: Retries per request after the first attempt.
     max_retries: int = Field(5, ge=0)
@@ -184,6 +187,10 @@ class LLMRequestError(ReportStageError, RuntimeError):
     def __init__(self, message: str, fatal: bool = False) -> None:
         super().__init__(message)
         self.fatal = fatal
+
+
+class RequestDeadline(Exception):
+    """A request that ran past ``LLMConfig.timeout`` in total (retried like a timeout)."""
 
 
 # --------------------------------------------------------------------------- prompt
@@ -333,7 +340,7 @@ def describe_error(exc: BaseException) -> str:
     """
     if isinstance(exc, openai.APIStatusError):
         return f"HTTP {exc.status_code}: {_status_message(exc)}"
-    if isinstance(exc, openai.APITimeoutError):
+    if isinstance(exc, (openai.APITimeoutError, RequestDeadline)):
         return "request timed out"
     if isinstance(exc, openai.APIConnectionError):
         cause = exc.__cause__
@@ -362,7 +369,8 @@ def is_retryable(exc: BaseException) -> bool:
     """
     if isinstance(exc, openai.APIStatusError):
         return exc.status_code in RETRYABLE_STATUSES or exc.status_code >= 500
-    return isinstance(exc, openai.APIConnectionError)  # includes APITimeoutError
+    # APIConnectionError includes APITimeoutError.
+    return isinstance(exc, (openai.APIConnectionError, RequestDeadline))
 
 
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
@@ -467,7 +475,7 @@ class _Run:
         for attempt in range(self.config.max_retries + 1):
             try:
                 return await self._request(messages, reply)
-            except openai.APIError as exc:
+            except (openai.APIError, RequestDeadline) as exc:
                 reason = redact(describe_error(exc), self.secret)
                 if not is_retryable(exc):
                     status = getattr(exc, "status_code", None)
@@ -488,11 +496,19 @@ class _Run:
             if self.fatal:
                 raise LLMRequestError(self.fatal, fatal=True)
             self.stats.requests += 1
-            response = await self.client.chat.completions.create(
-                model=self.config.model,
-                messages=messages,  # type: ignore[arg-type]
-                temperature=self.config.temperature,
-            )
+            # The client's timeout bounds each read, not the whole request: a server that
+            # trickles a byte at a time would hold it for ever. ``wait_for`` is the deadline.
+            try:
+                response = await asyncio.wait_for(
+                    self.client.chat.completions.create(
+                        model=self.config.model,
+                        messages=messages,  # type: ignore[arg-type]
+                        temperature=self.config.temperature,
+                    ),
+                    timeout=self.config.timeout,
+                )
+            except asyncio.TimeoutError:
+                raise RequestDeadline() from None
         if not hasattr(response, "choices"):
             # openai hands back the raw text when the body is not JSON (a proxy's error page).
             snippet = redact(str(response)[:80], self.secret)
