@@ -49,6 +49,7 @@ from fivewsi.reports.schema import (
 )
 from fivewsi.utils.atomic import atomic_path, write_json_atomic
 from fivewsi.utils.logs import make_progress
+from fivewsi.utils.outputs import check_output_file
 
 if TYPE_CHECKING:
     from fivewsi.reports.llm import LLMConfig
@@ -181,6 +182,8 @@ def extract_reports(
 
     Raises:
         ReportsInputError: missing columns, blank or duplicate ids.
+        fivewsi.utils.outputs.OutputError: ``out_csv`` is a folder, an input (or the LLM
+            cache), or not writable; checked before any report is read or asked.
         ValueError: unknown backend, a question set the backend cannot answer (for the rules
             backend: no rule set registered under its name, or keys it does not cover), no
             LLM config.
@@ -194,6 +197,9 @@ def extract_reports(
     """
     if backend not in BACKENDS:
         raise ReportsInputError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    cache = llm_config.cache if backend == "llm" and llm_config is not None else None
+    # Before any work: a read-only or misnamed output fails now, not after every request.
+    check_output_file(out_csv, inputs=[reports_csv, *([cache] if cache else [])])
     started = time.perf_counter()
     qs = load_question_set(questions)
     path = Path(reports_csv)
@@ -294,6 +300,7 @@ def normalize_file(
         >>> normalize_file  # doctest: +ELLIPSIS
         <function normalize_file at ...>
     """
+    check_output_file(out_csv, inputs=[answers_csv])
     started = time.perf_counter()
     qs = load_question_set(questions)
     path = Path(answers_csv)
@@ -420,6 +427,8 @@ def evaluate_files(
         >>> evaluate_files  # doctest: +ELLIPSIS
         <function evaluate_files at ...>
     """
+    if json_out is not None:
+        check_output_file(json_out, inputs=[pred_csv, ref_csv], what="--json")
     qs = load_question_set(questions)
     pred = read_csv_rows(pred_csv, [id_column])
     ref = read_csv_rows(ref_csv, [id_column])

@@ -1,0 +1,142 @@
+"""Outputs of ``fivewsi reports`` and ``fivewsi cohort merge``: checked before any work, never
+written over an input (issue 10: M6, M7)."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from fake_llm_server import FakeLLMServer
+from fivewsi.cli import app
+
+ANSWER = "Poorly differentiated; Unknown; Present (L1); PL2; Unknown; R0"
+
+
+def write_csv(path: Path, header: list[str], rows: list[list[str]]) -> Path:
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(header)
+        writer.writerows(rows)
+    return path
+
+
+def invoke(*args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(app, list(args))
+    return result.exit_code, result.output
+
+
+def one_error_line(output: str) -> str:
+    lines = [line for line in output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:"), output
+    assert "Traceback" not in output
+    return lines[0]
+
+
+@pytest.fixture
+def reports_csv(tmp_path: Path) -> Path:
+    return write_csv(tmp_path / "reports.csv", ["patient_id", "report"],
+                     [["p1", "Adenocarcinoma, poorly differentiated."], ["p2", "No tumour."]])
+
+
+# --------------------------------------------------------------------------- M6
+
+
+def test_extract_refuses_to_overwrite_its_input(reports_csv):
+    before = reports_csv.read_bytes()
+    code, output = invoke("reports", "extract", str(reports_csv), "--out", str(reports_csv))
+    assert code == 2 and "input" in one_error_line(output)
+    assert reports_csv.read_bytes() == before
+
+
+def test_extract_refuses_the_llm_cache_as_output(reports_csv, tmp_path):
+    cache = tmp_path / "llm.sqlite"
+    code, output = invoke("reports", "extract", str(reports_csv), "--out", str(cache),
+                          "--backend", "llm", "--model", "m", "--base-url",
+                          "http://127.0.0.1:9/v1", "--cache", str(cache))
+    assert code == 2 and "input" in one_error_line(output)
+
+
+def test_normalize_refuses_to_overwrite_its_input(tmp_path):
+    answers = write_csv(tmp_path / "answers.csv", ["patient_id", "answer"], [["p1", ANSWER]])
+    before = answers.read_bytes()
+    code, output = invoke("reports", "normalize", str(answers), "--answer-column", "answer",
+                          "--out", str(tmp_path / "." / "answers.csv"))
+    assert code == 2 and "input" in one_error_line(output)
+    assert answers.read_bytes() == before
+
+
+def test_evaluate_json_refuses_an_input(tmp_path):
+    pred = write_csv(tmp_path / "pred.csv", ["patient_id", "margins"], [["p1", "clear"]])
+    before = pred.read_bytes()
+    code, output = invoke("reports", "evaluate", str(pred), str(pred), "--id-column",
+                          "patient_id", "--json", str(pred))
+    assert code == 2 and "input" in one_error_line(output)
+    assert pred.read_bytes() == before
+
+
+@pytest.mark.parametrize("which", ["slides", "labels"])
+def test_merge_refuses_to_overwrite_an_input(tmp_path, which):
+    slides = write_csv(tmp_path / "slides.csv", ["slide_id", "label"], [["a", "X"]])
+    labels = write_csv(tmp_path / "LABELS.csv", ["slide_id", "fine_grained_label", "status"],
+                       [["a", "margins clear", "ok"]])
+    target = slides if which == "slides" else labels
+    before = target.read_bytes()
+    code, output = invoke("cohort", "merge", str(slides), "--labels", str(labels),
+                          "--out", str(target))
+    assert code == 2 and "input" in one_error_line(output)
+    assert target.read_bytes() == before
+
+
+# --------------------------------------------------------------------------- M7
+
+
+def test_extract_checks_a_read_only_out_before_asking_anyone(reports_csv, mount_tmpfs):
+    read_only = mount_tmpfs(readonly=True)
+    with FakeLLMServer() as server:
+        code, output = invoke("reports", "extract", str(reports_csv), "--out",
+                              str(read_only / "labels.csv"), "--backend", "llm", "--model", "m",
+                              "--base-url", server.url, "--no-progress")
+        assert server.count == 0  # no report was asked: the output was checked first
+    assert code == 2 and "not writable" in one_error_line(output)
+
+
+def test_extract_out_is_a_folder(reports_csv, tmp_path):
+    with FakeLLMServer() as server:
+        code, output = invoke("reports", "extract", str(reports_csv), "--out", str(tmp_path),
+                              "--backend", "llm", "--model", "m", "--base-url", server.url,
+                              "--no-progress")
+        assert server.count == 0
+    assert code == 2 and "folder" in one_error_line(output)
+
+
+def test_normalize_read_only_out(tmp_path, mount_tmpfs):
+    answers = write_csv(tmp_path / "answers.csv", ["patient_id", "answer"], [["p1", ANSWER]])
+    read_only = mount_tmpfs(readonly=True)
+    code, output = invoke("reports", "normalize", str(answers), "--answer-column", "answer",
+                          "--out", str(read_only / "labels.csv"))
+    assert code == 2 and "not writable" in one_error_line(output)
+
+
+def test_evaluate_json_read_only_or_folder_fails_before_scoring(tmp_path, mount_tmpfs):
+    pred = write_csv(tmp_path / "pred.csv", ["patient_id", "margins"], [["p1", "clear"]])
+    ref = write_csv(tmp_path / "ref.csv", ["patient_id", "margins"], [["p1", "clear"]])
+    read_only = mount_tmpfs(readonly=True)
+    for target, message in [(read_only / "m.json", "not writable"), (tmp_path, "folder")]:
+        code, output = invoke("reports", "evaluate", str(pred), str(ref), "--id-column",
+                              "patient_id", "--json", str(target))
+        # one line: the metrics table was not printed first
+        assert code == 2 and message in one_error_line(output)
+
+
+def test_merge_read_only_out(tmp_path, mount_tmpfs):
+    slides = write_csv(tmp_path / "slides.csv", ["slide_id", "label"], [["a", "X"]])
+    labels = write_csv(tmp_path / "LABELS.csv", ["slide_id", "fine_grained_label"],
+                       [["a", "margins clear"]])
+    read_only = mount_tmpfs(readonly=True)
+    for target, message in [(read_only / "c.csv", "not writable"), (tmp_path, "folder")]:
+        code, output = invoke("cohort", "merge", str(slides), "--labels", str(labels),
+                              "--out", str(target))
+        assert code == 2 and message in one_error_line(output)
