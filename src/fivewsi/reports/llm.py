@@ -20,7 +20,10 @@ Robustness:
   so a rerun asks only what is missing.
 
 The API key is read from the environment variable ``config.api_key_env`` and never logged:
-every error text is scrubbed of it before it is kept or shown.
+every error text and every answer is scrubbed of it (and of anything shaped like a key,
+``sk-…`` or ``Bearer …``) before it is kept, cached or shown. Answers are bounded: each
+request asks for at most ``max_tokens`` and a reply longer than ``max_answer_chars`` fails
+the report without being stored.
 
 Example (against a local server; ``extract_llm`` runs its own event loop):
     >>> from fivewsi.reports import load_question_set
@@ -39,6 +42,7 @@ import json
 import logging
 import os
 import random
+import re
 import time
 from dataclasses import dataclass, field
 from datetime import timezone
@@ -122,6 +126,11 @@ class LLMConfig(BaseModel):
     temperature: float = Field(0.0, ge=0)
     #: How many worked examples to include; None = all in the question set.
     examples: int | None = Field(None, ge=0)
+    #: ``max_tokens`` sent with every request (an answer is one short line); None sends none,
+    #: for servers that refuse the parameter.
+    max_tokens: int | None = Field(1024, ge=1)
+    #: Longest answer text accepted: a longer one fails the report (never stored whole).
+    max_answer_chars: int = Field(8000, ge=1)
     #: First backoff delay in seconds; doubles per retry, with jitter.
     backoff: float = Field(1.0, ge=0)
     #: Longest single wait, backoff or ``Retry-After`` alike.
@@ -288,16 +297,23 @@ def resolve_api_key(config: LLMConfig) -> str:
     )
 
 
+#: Anything shaped like an API key or a bearer token, masked wherever it appears.
+_KEY_LIKE = re.compile(r"\bsk-[A-Za-z0-9_\-]{8,}|(?<=Bearer )\S+", re.IGNORECASE)
+
+
 def redact(text: str, secret: str) -> str:
-    """``text`` with every occurrence of ``secret`` masked (placeholder keys are not secret).
+    """``text`` with ``secret`` and anything looking like a key (``sk-…``, ``Bearer …``)
+    masked (placeholder keys are not secret).
 
     Example:
         >>> redact("bad key sk-123", "sk-123")
         'bad key [redacted]'
+        >>> redact("Authorization: Bearer abc.def; sk-proj-0123456789", "")
+        'Authorization: Bearer [redacted]; [redacted]'
     """
-    if not secret or secret == PLACEHOLDER_KEY:
-        return text
-    return text.replace(secret, "[redacted]")
+    if secret and secret != PLACEHOLDER_KEY:
+        text = text.replace(secret, "[redacted]")
+    return _KEY_LIKE.sub("[redacted]", text)
 
 
 #: Longest server message kept in a report's ``error``.
@@ -496,6 +512,7 @@ class _Run:
             if self.fatal:
                 raise LLMRequestError(self.fatal, fatal=True)
             self.stats.requests += 1
+            limit = {} if self.config.max_tokens is None else {"max_tokens": self.config.max_tokens}
             # The client's timeout bounds each read, not the whole request: a server that
             # trickles a byte at a time would hold it for ever. ``wait_for`` is the deadline.
             try:
@@ -504,6 +521,7 @@ class _Run:
                         model=self.config.model,
                         messages=messages,  # type: ignore[arg-type]
                         temperature=self.config.temperature,
+                        **limit,
                     ),
                     timeout=self.config.timeout,
                 )
@@ -541,7 +559,13 @@ class _Run:
         content = getattr(getattr(choices[0], "message", None), "content", None)
         if not isinstance(content, str):
             raise LLMRequestError("the server answered HTTP 200 with no message content")
-        return content
+        if len(content) > self.config.max_answer_chars:
+            raise LLMRequestError(
+                f"answer too long ({len(content)} characters; at most "
+                f"{self.config.max_answer_chars} accepted); not kept"
+            )
+        # A server may echo the key (or another one) inside an answer: never keep it.
+        return redact(content, self.secret)
 
     async def answer(self, report: str) -> _Reply:
         """Ask one report, with one repair turn if the answer does not split.
