@@ -324,8 +324,8 @@ def bounded(text: str, limit: int = MAX_ERROR_CHARS) -> str:
     """``text`` on one line, cut to ``limit`` characters (with an ellipsis when cut).
 
     Example:
-        >>> bounded("a\nb" + "x" * 10, limit=5)
-        'a b x…'
+        >>> bounded("a   b" + "x" * 10, limit=5)
+        'a bx…'
     """
     text = " ".join(str(text).split())
     return text if len(text) <= limit else text[: limit - 1] + "…"
