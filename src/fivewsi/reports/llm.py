@@ -298,7 +298,7 @@ def resolve_api_key(config: LLMConfig) -> str:
 
 
 #: Anything shaped like an API key or a bearer token, masked wherever it appears.
-_KEY_LIKE = re.compile(r"\bsk-[A-Za-z0-9_\-]{8,}|(?<=Bearer )\S+", re.IGNORECASE)
+_KEY_LIKE = re.compile(r"\bsk-[A-Za-z0-9_\-]{8,}|(?<=Bearer )[A-Za-z0-9._~+/=\-]+", re.IGNORECASE)
 
 
 def redact(text: str, secret: str) -> str:
