@@ -140,3 +140,45 @@ def test_merge_read_only_out(tmp_path, mount_tmpfs):
         code, output = invoke("cohort", "merge", str(slides), "--labels", str(labels),
                               "--out", str(target))
         assert code == 2 and message in one_error_line(output)
+
+
+# --------------------------------------------------------------------------- bad input, minors
+
+
+def test_base_url_is_checked_up_front(reports_csv, tmp_path):
+    for bad in ["not-a-url", "ftp://host/v1", "http:///v1"]:
+        code, output = invoke("reports", "extract", str(reports_csv), "--out",
+                              str(tmp_path / "l.csv"), "--backend", "llm", "--model", "m",
+                              "--base-url", bad, "--max-retries", "5", "--no-progress")
+        assert code == 2 and "base_url" in one_error_line(output), bad
+        assert not (tmp_path / "l.csv").exists()
+
+
+def test_non_utf8_reports_csv_names_the_file(tmp_path):
+    path = tmp_path / "latin1.csv"
+    path.write_bytes("patient_id,report\np1,Tumeur de 3 cm, marge saine \xe9\n".encode("latin-1"))
+    code, output = invoke("reports", "extract", str(path), "--out", str(tmp_path / "l.csv"))
+    line = one_error_line(output)
+    assert code == 2 and "latin1.csv" in line and "UTF-8" in line
+
+
+def test_reports_csv_without_rows_exits_two(tmp_path):
+    path = write_csv(tmp_path / "reports.csv", ["patient_id", "report"], [])
+    code, output = invoke("reports", "extract", str(path), "--out", str(tmp_path / "l.csv"))
+    assert code == 2 and "reports.csv" in one_error_line(output)
+    assert not (tmp_path / "l.csv").exists()
+    answers = write_csv(tmp_path / "answers.csv", ["patient_id", "answer"], [])
+    code, output = invoke("reports", "normalize", str(answers), "--answer-column", "answer",
+                          "--out", str(tmp_path / "l.csv"))
+    assert code == 2 and "answers.csv" in one_error_line(output)
+
+
+def test_evaluate_with_no_common_id_exits_two(tmp_path):
+    pred = write_csv(tmp_path / "pred.csv", ["patient_id", "margins"], [["p1", "clear"]])
+    ref = write_csv(tmp_path / "ref.csv", ["patient_id", "margins"], [["P-001", "clear"]])
+    code, output = invoke("reports", "evaluate", str(pred), str(ref), "--id-column",
+                          "patient_id", "--json", str(tmp_path / "m.json"))
+    errors = [line for line in output.splitlines() if line.startswith("error:")]
+    assert code == 2 and len(errors) == 1 and "Traceback" not in output
+    assert "pred.csv" in errors[0] and "ref.csv" in errors[0] and "patient_id" in errors[0]
+    assert not (tmp_path / "m.json").exists()

@@ -44,13 +44,14 @@ import os
 import random
 import re
 import time
+import urllib.parse
 from dataclasses import dataclass, field
 from datetime import timezone
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import openai
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from fivewsi.errors import ReportStageError
 from fivewsi.reports.cache import AnswerCache, CachedAnswer, cache_key, text_hash
@@ -135,6 +136,19 @@ class LLMConfig(BaseModel):
     backoff: float = Field(1.0, ge=0)
     #: Longest single wait, backoff or ``Retry-After`` alike.
     max_backoff: float = Field(60.0, ge=0)
+
+    @field_validator("base_url")
+    @classmethod
+    def _check_base_url(cls, value: str | None) -> str | None:
+        # Checked here, once: a bad URL would otherwise fail every report after all retries.
+        if value is None:
+            return None
+        parts = urllib.parse.urlsplit(value.strip())
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(
+                f"{value!r} is not an http(s) URL with a host, e.g. http://127.0.0.1:8000/v1"
+            )
+        return value.strip()
 
 
 @dataclass(frozen=True)

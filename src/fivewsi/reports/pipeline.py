@@ -128,16 +128,29 @@ def read_csv_rows(path: str | Path, required: Iterable[str]) -> list[dict[str, s
     """
     _allow_big_fields()
     path = Path(path)
-    with open(path, newline="", encoding="utf-8-sig") as handle:
-        reader = csv.DictReader(handle)
-        columns = list(reader.fieldnames or [])
-        missing = [c for c in required if c not in columns]
-        if missing:
-            raise ReportsInputError(
-                f"{path}: no column {', '.join(map(repr, missing))}; available columns: "
-                f"{', '.join(columns) or '(none)'}"
-            )
-        return [{k: v or "" for k, v in row.items() if k is not None} for row in reader]
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as handle:
+            reader = csv.DictReader(handle)
+            columns = list(reader.fieldnames or [])
+            missing = [c for c in required if c not in columns]
+            if missing:
+                raise ReportsInputError(
+                    f"{path}: no column {', '.join(map(repr, missing))}; available columns: "
+                    f"{', '.join(columns) or '(none)'}"
+                )
+            return [{k: v or "" for k, v in row.items() if k is not None} for row in reader]
+    except UnicodeDecodeError as exc:
+        raise ReportsInputError(
+            f"{path}: not UTF-8 text (byte {exc.start} of a line is {exc.object[exc.start]:#04x});"
+            " save it as UTF-8"
+        ) from None
+    except csv.Error as exc:
+        raise ReportsInputError(f"{path}: malformed CSV: {exc}") from None
+
+
+def _require_rows(rows: list[dict[str, str]], path: Path) -> None:
+    if not rows:
+        raise ReportsInputError(f"{path}: no rows below the header; nothing to do")
 
 
 def _allow_big_fields() -> None:
@@ -204,6 +217,7 @@ def extract_reports(
     qs = load_question_set(questions)
     path = Path(reports_csv)
     rows = read_csv_rows(path, [id_column, text_column])
+    _require_rows(rows, path)
     reports = list(zip(_ids(rows, id_column, path), (r[text_column] for r in rows), strict=True))
     if backend == "rules":
         labels, stats = _run_rules(reports, qs, progress), ""
@@ -305,6 +319,7 @@ def normalize_file(
     qs = load_question_set(questions)
     path = Path(answers_csv)
     rows = read_csv_rows(path, [id_column, answer_column])
+    _require_rows(rows, path)
     labels = []
     for report_id, row in zip(_ids(rows, id_column, path), rows, strict=True):
         line = row[answer_column]
@@ -435,6 +450,11 @@ def evaluate_files(
     _warn_missing_keys(pred, qs, pred_csv)
     _warn_missing_keys(ref, qs, ref_csv)
     metrics = evaluate_labels(pred, ref, id_column, qs)
+    if metrics["n_common"] == 0:
+        raise ReportsInputError(
+            f"no id in column {id_column!r} is in both {pred_csv} ({metrics['n_pred']} ids) and "
+            f"{ref_csv} ({metrics['n_ref']} ids); nothing to compare"
+        )
     metrics.update(pred_csv=str(pred_csv), ref_csv=str(ref_csv))
     if json_out is not None:
         write_json_atomic(json_out, metrics)
