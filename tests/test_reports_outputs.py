@@ -182,3 +182,41 @@ def test_evaluate_with_no_common_id_exits_two(tmp_path):
     assert code == 2 and len(errors) == 1 and "Traceback" not in output
     assert "pred.csv" in errors[0] and "ref.csv" in errors[0] and "patient_id" in errors[0]
     assert not (tmp_path / "m.json").exists()
+
+
+# --------------------------------------------------------------------------- CSV injection
+
+
+def test_formula_ids_are_guarded_in_labels_and_cohort_and_round_trip(tmp_path):
+    from fivewsi.cohort.table import read_cohort
+
+    ids = ["=HYPERLINK(\"http://x\")", "+1", "-2", "@p", "plain"]
+    answers = write_csv(tmp_path / "answers.csv", ["patient_id", "answer"],
+                        [[i, ANSWER] for i in ids])
+    labels = tmp_path / "LABELS.csv"
+    code, output = invoke("reports", "normalize", str(answers), "--answer-column", "answer",
+                          "--out", str(labels))
+    assert code == 0, output
+    with open(labels, newline="", encoding="utf-8") as handle:
+        written = [row[0] for row in csv.reader(handle)][1:]
+    assert written == ["'" + i for i in ids[:4]] + ["plain"]  # no cell starts a formula
+
+    # reports evaluate reads them back: every id matches itself
+    code, output = invoke("reports", "evaluate", str(labels), str(labels), "--id-column",
+                          "patient_id", "--json", str(tmp_path / "m.json"))
+    assert code == 0, output
+    import json
+    assert json.loads((tmp_path / "m.json").read_text())["n_common"] == len(ids)
+
+    # cohort merge joins the guarded LABELS.csv ids with the user's raw slide ids
+    slides = write_csv(tmp_path / "slides.csv", ["slide_id", "label"], [[i, "X"] for i in ids])
+    cohort = tmp_path / "cohort.csv"
+    code, output = invoke("cohort", "merge", str(slides), "--labels", str(labels),
+                          "--out", str(cohort))
+    assert code == 0, output
+    rows = read_cohort(cohort)
+    assert [r.slide_id for r in rows] == ids
+    assert all(r.report_label for r in rows)
+    with open(cohort, newline="", encoding="utf-8") as handle:
+        cells = [row[0] for row in csv.reader(handle)][1:]
+    assert not any(c.startswith(("=", "+", "-", "@")) for c in cells)

@@ -39,7 +39,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fivewsi.utils.outputs import check_output_file
+from fivewsi.utils.outputs import check_output_file, csv_value
 
 log = logging.getLogger(__name__)
 
@@ -230,7 +230,8 @@ def _read(path: Path) -> tuple[list[str], list[tuple[int, dict[str, str]]]]:
         records = []
         for values in reader:
             if any(v.strip() for v in values):
-                cells = dict(zip(header, (v.strip() for v in values), strict=False))
+                # csv_value: ids fivewsi guarded against formula injection ('=x) read as =x.
+                cells = dict(zip(header, (csv_value(v).strip() for v in values), strict=False))
                 records.append((reader.line_num, cells))
     except csv.Error as exc:
         raise CohortError(f"{path}: line {reader.line_num}: malformed CSV: {exc}") from None

@@ -49,7 +49,7 @@ from fivewsi.reports.schema import (
 )
 from fivewsi.utils.atomic import atomic_path, write_json_atomic
 from fivewsi.utils.logs import make_progress
-from fivewsi.utils.outputs import check_output_file
+from fivewsi.utils.outputs import check_output_file, csv_cell, csv_value
 
 if TYPE_CHECKING:
     from fivewsi.reports.llm import LLMConfig
@@ -138,7 +138,10 @@ def read_csv_rows(path: str | Path, required: Iterable[str]) -> list[dict[str, s
                     f"{path}: no column {', '.join(map(repr, missing))}; available columns: "
                     f"{', '.join(columns) or '(none)'}"
                 )
-            return [{k: v or "" for k, v in row.items() if k is not None} for row in reader]
+            # csv_value: cells that fivewsi guarded against formula injection read back exactly.
+            return [
+                {k: csv_value(v or "") for k, v in row.items() if k is not None} for row in reader
+            ]
     except UnicodeDecodeError as exc:
         raise ReportsInputError(
             f"{path}: not UTF-8 text (byte {exc.start} of a line is {exc.object[exc.start]:#04x});"
@@ -393,7 +396,8 @@ def write_labels(
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=label_columns(id_column, qs))
     writer.writeheader()
-    writer.writerows(rows)
+    # Text cells (ids, evidence, errors) never start a spreadsheet formula.
+    writer.writerows({k: csv_cell(v) for k, v in row.items()} for row in rows)
     with atomic_path(out_csv) as tmp:
         tmp.write_text(buffer.getvalue(), encoding="utf-8", newline="")
     return rows
