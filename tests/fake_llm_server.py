@@ -11,7 +11,12 @@ Behaviours: ``ok``; ``429`` or ``429:<Retry-After value>``; ``500`` / ``503``; `
 ``401`` (its error message echoes the bearer key, as a careless server might); ``slow``
 (answers after ``slow_seconds``); ``malformed`` (one part short); ``fenced`` (inside a code
 fence); ``prose`` (sentences around the answer); ``empty``; ``garbage`` (a 200 with an HTML
-body, as a misconfigured proxy sends).
+body, as a misconfigured proxy sends). HTTP 200 bodies that are no answer: ``error200`` (an
+``{"error": ...}`` body; its message echoes the bearer key), ``nochoices`` (``choices: []``),
+``nullchoices`` (``choices: null``), ``nullcontent`` (``message.content: null``). Hostile or
+broken answers: ``trickle`` (headers, then the body one byte per ``trickle_seconds``, for
+ever), ``huge`` (an answer of ``huge_chars`` characters), ``echokey`` (a normal answer with
+the bearer key and an ``sk-`` lookalike appended).
 
 Example:
     >>> with FakeLLMServer() as server:
@@ -79,9 +84,17 @@ class FakeLLMServer:
         0
     """
 
-    def __init__(self, latency: float = 0.0, slow_seconds: float = 2.0) -> None:
+    def __init__(
+        self,
+        latency: float = 0.0,
+        slow_seconds: float = 2.0,
+        trickle_seconds: float = 0.5,
+        huge_chars: int = 2_000_000,
+    ) -> None:
         self.latency = latency
         self.slow_seconds = slow_seconds
+        self.trickle_seconds = trickle_seconds
+        self.huge_chars = huge_chars
         self.bodies: list[dict[str, Any]] = []
         #: Request headers, names lower-cased.
         self.headers: list[dict[str, str]] = []
@@ -212,11 +225,39 @@ def _make_handler(server: FakeLLMServer) -> type[BaseHTTPRequestHandler]:
             elif name == "401":
                 key = self.headers.get("authorization", "").removeprefix("Bearer ")
                 self._send(401, _error(f"Incorrect API key provided: {key}", "invalid_api_key"))
+            elif name == "error200":
+                key = self.headers.get("authorization", "").removeprefix("Bearer ")
+                self._send(200, _error(f"model overloaded (key {key})", "server_error"))
+            elif name in {"nochoices", "nullchoices", "nullcontent"}:
+                payload = _completion(body, "")
+                if name == "nullcontent":
+                    payload["choices"][0]["message"]["content"] = None
+                else:
+                    payload["choices"] = [] if name == "nochoices" else None
+                self._send(200, payload)
+            elif name == "trickle":
+                self._trickle()
             else:
                 if name == "slow":
                     time.sleep(server.slow_seconds)
                 content = _content(name, expected_answer(report_turn(body.get("messages", []))))
+                if name == "huge":
+                    content += " " + "x" * server.huge_chars
+                elif name == "echokey":
+                    key = self.headers.get("authorization", "").removeprefix("Bearer ")
+                    content += f" (debug: key={key}; other=sk-proj-abcdefghijklmnop1234)"
                 self._send(200, _completion(body, content))
+
+        def _trickle(self) -> None:
+            """A 200 whose body never ends: one byte per ``trickle_seconds``."""
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", "1000000")
+            self.end_headers()
+            for _ in range(100_000):
+                self.wfile.write(b" ")
+                self.wfile.flush()
+                time.sleep(server.trickle_seconds)
 
         def _send(
             self, status: int, payload: dict[str, Any], headers: dict[str, str] | None = None

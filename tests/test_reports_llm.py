@@ -400,3 +400,72 @@ def test_local_server_needs_no_key(server, qs):
     results, _ = extract_llm(reports(1), qs, make_config(server), progress=False)
     assert results[0].status == "ok"
     assert server.headers[0]["authorization"] == "Bearer not-needed"
+
+
+# --------------------------------------------------------------------------- hostile answers
+
+
+@pytest.mark.parametrize("behaviour", ["error200", "nochoices", "nullchoices", "nullcontent"])
+def test_error_body_with_status_200_fails_and_is_not_cached(server, qs, tmp_path, behaviour):
+    secret = "sk-test-secret-0123456789"
+    os.environ["FIVEWSI_TEST_M2_KEY"] = secret
+    try:
+        server.script("[case-0000]", *[behaviour] * 10)
+        cfg = make_config(server, cache=tmp_path / "llm.sqlite", api_key_env="FIVEWSI_TEST_M2_KEY")
+        first, _ = extract_llm(reports(2), qs, cfg, progress=False)
+        assert [r.status for r in first] == ["failed", "ok"]
+        assert first[0].error and secret not in first[0].error and len(first[0].error) <= 300
+        if behaviour == "error200":
+            assert "model overloaded" in first[0].error
+        with AnswerCache(tmp_path / "llm.sqlite") as cache:
+            assert len(cache) == 1  # only the healthy answer
+        server.reset()  # the server recovers
+        second, stats = extract_llm(reports(2), qs, cfg, progress=False)
+        assert server.count == 1 and stats.requests == 1 and stats.cache_hits == 1
+        assert [r.status for r in second] == ["ok", "ok"]
+    finally:
+        del os.environ["FIVEWSI_TEST_M2_KEY"]
+
+
+def test_timeout_is_a_total_deadline_against_a_trickling_server(qs):
+    # The server sends a byte every 0.3 s for ever: no single read ever times out.
+    with FakeLLMServer(trickle_seconds=0.3) as server:
+        server.script("[case-0000]", *["trickle"] * 10)
+        cfg = make_config(server, timeout=1.0, max_retries=1)
+        started = time.monotonic()
+        results, stats = extract_llm(reports(2), qs, cfg, progress=False)
+        elapsed = time.monotonic() - started
+    assert [r.status for r in results] == ["failed", "ok"]
+    assert "timed out" in results[0].error and stats.retries == 1
+    assert elapsed < 6.0  # two attempts of 1 s plus backoff, never the trickle's length
+
+
+def test_huge_answer_fails_short_and_is_never_stored(server, qs, tmp_path):
+    server.huge_chars = 3_000_000
+    server.script("[case-0000]", "huge")
+    cfg = make_config(server, cache=tmp_path / "llm.sqlite")
+    results, _ = extract_llm(reports(2), qs, cfg, progress=False)
+    assert [r.status for r in results] == ["failed", "ok"]
+    assert "too long" in results[0].error and len(results[0].error) < 300
+    assert len(results[0].answer) == 0
+    assert all(body["max_tokens"] == cfg.max_tokens for body in server.bodies)
+    with AnswerCache(tmp_path / "llm.sqlite") as cache:
+        assert len(cache) == 1
+    assert (tmp_path / "llm.sqlite").stat().st_size < 1_000_000
+
+
+def test_key_echoed_inside_an_answer_is_redacted_everywhere(server, qs, tmp_path, monkeypatch):
+    secret = "sk-test-echoed-secret-42"
+    monkeypatch.setenv("FIVEWSI_TEST_ECHO_KEY", secret)
+    server.script("[case-0000]", "echokey", "echokey")  # answer and repair both echo it
+    cache_path = tmp_path / "llm.sqlite"
+    cfg = make_config(server, cache=cache_path, api_key_env="FIVEWSI_TEST_ECHO_KEY")
+    results, _ = extract_llm(reports(1), qs, cfg, progress=False)
+    assert results[0].status == "needs_review"
+    kept = results[0].answer + results[0].error
+    assert "[redacted]" in kept
+    assert secret not in kept and "sk-proj-abcdefghijklmnop1234" not in kept
+    with sqlite3.connect(cache_path) as db:
+        stored = " ".join(str(v) for row in db.execute("SELECT * FROM answers") for v in row)
+    assert stored and secret not in stored and "sk-proj-" not in stored
+    assert server.headers[0]["authorization"] == f"Bearer {secret}"  # the key was still sent

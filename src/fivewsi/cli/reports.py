@@ -47,7 +47,9 @@ def extract(
     api_key_env: Annotated[
         str | None, typer.Option(help="Environment variable holding the API key.")
     ] = None,
-    timeout: Annotated[float | None, typer.Option(help="Seconds per request.")] = None,
+    timeout: Annotated[
+        float | None, typer.Option(help="Total seconds one request may take (then retried).")
+    ] = None,
     max_retries: Annotated[int | None, typer.Option(help="Retries per request.")] = None,
     progress: o.Progress = None,
     verbose: o.Verbose = 0,

@@ -39,6 +39,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from fivewsi.utils.outputs import check_output_file, csv_value
+
 log = logging.getLogger(__name__)
 
 #: Spellings accepted for the splits (lower-cased), as :func:`fivewsi.cohort.table.read_cohort`.
@@ -110,6 +112,8 @@ def merge_cohort(
     Raises:
         fivewsi.cohort.table.CohortError: missing columns, empty or duplicate ids, bad split
             values, or no slide matching any report.
+        fivewsi.utils.outputs.OutputError: ``out`` is a folder, an input, or not writable
+            (checked before anything is read).
         FileNotFoundError: an input is missing.
 
     Example:
@@ -119,6 +123,7 @@ def merge_cohort(
     from fivewsi.cohort.table import CohortError, CohortRow, write_cohort
 
     slides_path, labels_path = Path(slides_csv), Path(labels_csv)
+    check_output_file(out, inputs=[slides_path, labels_path])  # before any work
     slide_header, slides = _read(slides_path)
     label_header, reports = _read(labels_path)
     if "slide_id" not in slide_header:
@@ -225,7 +230,8 @@ def _read(path: Path) -> tuple[list[str], list[tuple[int, dict[str, str]]]]:
         records = []
         for values in reader:
             if any(v.strip() for v in values):
-                cells = dict(zip(header, (v.strip() for v in values), strict=False))
+                # csv_value: ids fivewsi guarded against formula injection ('=x) read as =x.
+                cells = dict(zip(header, (csv_value(v).strip() for v in values), strict=False))
                 records.append((reader.line_num, cells))
     except csv.Error as exc:
         raise CohortError(f"{path}: line {reader.line_num}: malformed CSV: {exc}") from None

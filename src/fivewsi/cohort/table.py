@@ -33,6 +33,7 @@ from pathlib import Path
 
 from fivewsi.errors import CohortStageError
 from fivewsi.utils.atomic import write_text_atomic
+from fivewsi.utils.outputs import csv_cell, csv_value
 
 log = logging.getLogger(__name__)
 
@@ -313,7 +314,8 @@ def _read_csv(path: Path) -> tuple[list[str], list[tuple[int, dict[str, str]]]]:
                     f"{path}: line {line}: {len(values)} cells but the header has "
                     f"{len(header)} columns (quote cells that hold commas)"
                 )
-            records.append((line, dict(zip(header, values, strict=False))))
+            # csv_value: cells guarded against formula injection on writing read back exactly.
+            records.append((line, dict(zip(header, map(csv_value, values), strict=False))))
     except csv.Error as exc:
         raise CohortError(f"{path}: line {reader.line_num}: malformed CSV: {exc}") from None
     return header, records
@@ -326,7 +328,7 @@ def _write_csv(
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(header)
     for row in rows:
-        writer.writerow(["" if v is None else v for v in row])
+        writer.writerow(["" if v is None else csv_cell(v) for v in row])
     write_text_atomic(path, buffer.getvalue())
 
 

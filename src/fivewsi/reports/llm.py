@@ -9,16 +9,21 @@ Robustness:
 
 - bounded concurrency (one ``asyncio.Semaphore`` around every HTTP request);
 - our own retry loop (the client's is off): exponential backoff with jitter on 408 / 409 / 429 /
-  5xx, timeouts and connection errors, honouring ``Retry-After`` (seconds or an HTTP date);
-  other 4xx fail the report at once with a readable error, and 401 / 403 / 404 (bad key, no
-  access, unknown model) fail the whole rest of the run at once, as every request would;
+  5xx, timeouts and connection errors (``timeout`` bounds each request's total time, so a
+  server trickling bytes cannot hold a report for ever), honouring ``Retry-After`` (seconds
+  or an HTTP date); other 4xx fail the report at once with a readable error, and 401 / 403 /
+  404 (bad key, no access, unknown model) fail the whole rest of the run at once, as every
+  request would;
 - an answer that does not split into one part per question gets ONE repair turn; if the repair
   does not parse either the report is ``needs_review`` with the raw answer kept;
 - finished answers go to a sqlite cache (:mod:`fivewsi.reports.cache`) the moment they arrive,
   so a rerun asks only what is missing.
 
 The API key is read from the environment variable ``config.api_key_env`` and never logged:
-every error text is scrubbed of it before it is kept or shown.
+every error text and every answer is scrubbed of it (and of anything shaped like a key,
+``sk-…`` or ``Bearer …``) before it is kept, cached or shown. Answers are bounded: each
+request asks for at most ``max_tokens`` and a reply longer than ``max_answer_chars`` fails
+the report without being stored.
 
 Example (against a local server; ``extract_llm`` runs its own event loop):
     >>> from fivewsi.reports import load_question_set
@@ -37,14 +42,16 @@ import json
 import logging
 import os
 import random
+import re
 import time
+import urllib.parse
 from dataclasses import dataclass, field
 from datetime import timezone
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import openai
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from fivewsi.errors import ReportStageError
 from fivewsi.reports.cache import AnswerCache, CachedAnswer, cache_key, text_hash
@@ -110,7 +117,8 @@ class LLMConfig(BaseModel):
     #: Name of the environment variable holding the key (the key itself is never stored).
     api_key_env: str = "OPENAI_API_KEY"
     concurrency: int = Field(16, ge=1)
-    #: Seconds per HTTP request before it counts as timed out (and is retried).
+    #: Seconds one HTTP request may take in total (connect, wait, read the whole answer)
+    #: before it counts as timed out (and is retried).
     timeout: float = Field(60.0, gt=0)
     #: Retries per request after the first attempt.
     max_retries: int = Field(5, ge=0)
@@ -119,10 +127,28 @@ class LLMConfig(BaseModel):
     temperature: float = Field(0.0, ge=0)
     #: How many worked examples to include; None = all in the question set.
     examples: int | None = Field(None, ge=0)
+    #: ``max_tokens`` sent with every request (an answer is one short line); None sends none,
+    #: for servers that refuse the parameter.
+    max_tokens: int | None = Field(1024, ge=1)
+    #: Longest answer text accepted: a longer one fails the report (never stored whole).
+    max_answer_chars: int = Field(8000, ge=1)
     #: First backoff delay in seconds; doubles per retry, with jitter.
     backoff: float = Field(1.0, ge=0)
     #: Longest single wait, backoff or ``Retry-After`` alike.
     max_backoff: float = Field(60.0, ge=0)
+
+    @field_validator("base_url")
+    @classmethod
+    def _check_base_url(cls, value: str | None) -> str | None:
+        # Checked here, once: a bad URL would otherwise fail every report after all retries.
+        if value is None:
+            return None
+        parts = urllib.parse.urlsplit(value.strip())
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(
+                f"{value!r} is not an http(s) URL with a host, e.g. http://127.0.0.1:8000/v1"
+            )
+        return value.strip()
 
 
 @dataclass(frozen=True)
@@ -184,6 +210,10 @@ class LLMRequestError(ReportStageError, RuntimeError):
     def __init__(self, message: str, fatal: bool = False) -> None:
         super().__init__(message)
         self.fatal = fatal
+
+
+class RequestDeadline(Exception):
+    """A request that ran past ``LLMConfig.timeout`` in total (retried like a timeout)."""
 
 
 # --------------------------------------------------------------------------- prompt
@@ -281,16 +311,51 @@ def resolve_api_key(config: LLMConfig) -> str:
     )
 
 
+#: Anything shaped like an API key or a bearer token, masked wherever it appears.
+_KEY_LIKE = re.compile(r"\bsk-[A-Za-z0-9_\-]{8,}|(?<=Bearer )[A-Za-z0-9._~+/=\-]+", re.IGNORECASE)
+
+
 def redact(text: str, secret: str) -> str:
-    """``text`` with every occurrence of ``secret`` masked (placeholder keys are not secret).
+    """``text`` with ``secret`` and anything looking like a key (``sk-…``, ``Bearer …``)
+    masked (placeholder keys are not secret).
 
     Example:
         >>> redact("bad key sk-123", "sk-123")
         'bad key [redacted]'
+        >>> redact("Authorization: Bearer abc.def; sk-proj-0123456789", "")
+        'Authorization: Bearer [redacted]; [redacted]'
     """
-    if not secret or secret == PLACEHOLDER_KEY:
-        return text
-    return text.replace(secret, "[redacted]")
+    if secret and secret != PLACEHOLDER_KEY:
+        text = text.replace(secret, "[redacted]")
+    return _KEY_LIKE.sub("[redacted]", text)
+
+
+#: Longest server message kept in a report's ``error``.
+MAX_ERROR_CHARS = 300
+
+
+def bounded(text: str, limit: int = MAX_ERROR_CHARS) -> str:
+    """``text`` on one line, cut to ``limit`` characters (with an ellipsis when cut).
+
+    Example:
+        >>> bounded("a   b" + "x" * 10, limit=5)
+        'a bx…'
+    """
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _server_error(response: object) -> str | None:
+    """The server's message when a 200 body is an ``{"error": ...}`` object, else None."""
+    error = getattr(response, "error", None)
+    if error is None:
+        extra = getattr(response, "model_extra", None) or {}
+        error = extra.get("error") if isinstance(extra, dict) else None
+    if error is None:
+        return None
+    if isinstance(error, dict):
+        return str(error.get("message") or error.get("type") or error)
+    return str(getattr(error, "message", None) or error)
 
 
 def describe_error(exc: BaseException) -> str:
@@ -305,7 +370,7 @@ def describe_error(exc: BaseException) -> str:
     """
     if isinstance(exc, openai.APIStatusError):
         return f"HTTP {exc.status_code}: {_status_message(exc)}"
-    if isinstance(exc, openai.APITimeoutError):
+    if isinstance(exc, (openai.APITimeoutError, RequestDeadline)):
         return "request timed out"
     if isinstance(exc, openai.APIConnectionError):
         cause = exc.__cause__
@@ -334,7 +399,8 @@ def is_retryable(exc: BaseException) -> bool:
     """
     if isinstance(exc, openai.APIStatusError):
         return exc.status_code in RETRYABLE_STATUSES or exc.status_code >= 500
-    return isinstance(exc, openai.APIConnectionError)  # includes APITimeoutError
+    # APIConnectionError includes APITimeoutError.
+    return isinstance(exc, (openai.APIConnectionError, RequestDeadline))
 
 
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
@@ -439,7 +505,7 @@ class _Run:
         for attempt in range(self.config.max_retries + 1):
             try:
                 return await self._request(messages, reply)
-            except openai.APIError as exc:
+            except (openai.APIError, RequestDeadline) as exc:
                 reason = redact(describe_error(exc), self.secret)
                 if not is_retryable(exc):
                     status = getattr(exc, "status_code", None)
@@ -460,23 +526,60 @@ class _Run:
             if self.fatal:
                 raise LLMRequestError(self.fatal, fatal=True)
             self.stats.requests += 1
-            response = await self.client.chat.completions.create(
-                model=self.config.model,
-                messages=messages,  # type: ignore[arg-type]
-                temperature=self.config.temperature,
-            )
+            limit = {} if self.config.max_tokens is None else {"max_tokens": self.config.max_tokens}
+            # The client's timeout bounds each read, not the whole request: a server that
+            # trickles a byte at a time would hold it for ever. ``wait_for`` is the deadline.
+            try:
+                response = await asyncio.wait_for(
+                    self.client.chat.completions.create(
+                        model=self.config.model,
+                        messages=messages,  # type: ignore[arg-type]
+                        temperature=self.config.temperature,
+                        **limit,
+                    ),
+                    timeout=self.config.timeout,
+                )
+            except asyncio.TimeoutError:
+                raise RequestDeadline() from None
         if not hasattr(response, "choices"):
             # openai hands back the raw text when the body is not JSON (a proxy's error page).
             snippet = redact(str(response)[:80], self.secret)
             raise LLMRequestError(f"the server did not answer with a chat completion: {snippet!r}")
-        if response.usage is not None:
-            reply.prompt_tokens += response.usage.prompt_tokens or 0
-            reply.completion_tokens += response.usage.completion_tokens or 0
-            self.stats.prompt_tokens += response.usage.prompt_tokens or 0
-            self.stats.completion_tokens += response.usage.completion_tokens or 0
-        if not response.choices:
-            return ""
-        return response.choices[0].message.content or ""
+        usage = getattr(response, "usage", None)
+        if usage is not None:
+            reply.prompt_tokens += getattr(usage, "prompt_tokens", 0) or 0
+            reply.completion_tokens += getattr(usage, "completion_tokens", 0) or 0
+            self.stats.prompt_tokens += getattr(usage, "prompt_tokens", 0) or 0
+            self.stats.completion_tokens += getattr(usage, "completion_tokens", 0) or 0
+        return self._answer_text(response)
+
+    def _answer_text(self, response: object) -> str:
+        """The answer of an HTTP 200 reply; a reply that carries none is a failed request.
+
+        An ``{"error": ...}`` body, empty or null ``choices`` and a null message content are
+        no answer: they raise (so they are never cached and a rerun asks again), keeping the
+        server's own message, redacted and bounded.
+
+        Raises:
+            LLMRequestError: the reply holds no answer.
+        """
+        server_error = _server_error(response)
+        choices = getattr(response, "choices", None)
+        if server_error is not None or not choices:
+            what = f"an error: {server_error}" if server_error else "no choices"
+            raise LLMRequestError(
+                bounded(redact(f"the server answered HTTP 200 with {what}", self.secret))
+            )
+        content = getattr(getattr(choices[0], "message", None), "content", None)
+        if not isinstance(content, str):
+            raise LLMRequestError("the server answered HTTP 200 with no message content")
+        if len(content) > self.config.max_answer_chars:
+            raise LLMRequestError(
+                f"answer too long ({len(content)} characters; at most "
+                f"{self.config.max_answer_chars} accepted); not kept"
+            )
+        # A server may echo the key (or another one) inside an answer: never keep it.
+        return redact(content, self.secret)
 
     async def answer(self, report: str) -> _Reply:
         """Ask one report, with one repair turn if the answer does not split.

@@ -49,6 +49,7 @@ from fivewsi.reports.schema import (
 )
 from fivewsi.utils.atomic import atomic_path, write_json_atomic
 from fivewsi.utils.logs import make_progress
+from fivewsi.utils.outputs import check_output_file, csv_cell, csv_value
 
 if TYPE_CHECKING:
     from fivewsi.reports.llm import LLMConfig
@@ -127,16 +128,32 @@ def read_csv_rows(path: str | Path, required: Iterable[str]) -> list[dict[str, s
     """
     _allow_big_fields()
     path = Path(path)
-    with open(path, newline="", encoding="utf-8-sig") as handle:
-        reader = csv.DictReader(handle)
-        columns = list(reader.fieldnames or [])
-        missing = [c for c in required if c not in columns]
-        if missing:
-            raise ReportsInputError(
-                f"{path}: no column {', '.join(map(repr, missing))}; available columns: "
-                f"{', '.join(columns) or '(none)'}"
-            )
-        return [{k: v or "" for k, v in row.items() if k is not None} for row in reader]
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as handle:
+            reader = csv.DictReader(handle)
+            columns = list(reader.fieldnames or [])
+            missing = [c for c in required if c not in columns]
+            if missing:
+                raise ReportsInputError(
+                    f"{path}: no column {', '.join(map(repr, missing))}; available columns: "
+                    f"{', '.join(columns) or '(none)'}"
+                )
+            # csv_value: cells that fivewsi guarded against formula injection read back exactly.
+            return [
+                {k: csv_value(v or "") for k, v in row.items() if k is not None} for row in reader
+            ]
+    except UnicodeDecodeError as exc:
+        raise ReportsInputError(
+            f"{path}: not UTF-8 text (byte {exc.start} of a line is {exc.object[exc.start]:#04x});"
+            " save it as UTF-8"
+        ) from None
+    except csv.Error as exc:
+        raise ReportsInputError(f"{path}: malformed CSV: {exc}") from None
+
+
+def _require_rows(rows: list[dict[str, str]], path: Path) -> None:
+    if not rows:
+        raise ReportsInputError(f"{path}: no rows below the header; nothing to do")
 
 
 def _allow_big_fields() -> None:
@@ -181,6 +198,8 @@ def extract_reports(
 
     Raises:
         ReportsInputError: missing columns, blank or duplicate ids.
+        fivewsi.utils.outputs.OutputError: ``out_csv`` is a folder, an input (or the LLM
+            cache), or not writable; checked before any report is read or asked.
         ValueError: unknown backend, a question set the backend cannot answer (for the rules
             backend: no rule set registered under its name, or keys it does not cover), no
             LLM config.
@@ -194,10 +213,14 @@ def extract_reports(
     """
     if backend not in BACKENDS:
         raise ReportsInputError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    cache = llm_config.cache if backend == "llm" and llm_config is not None else None
+    # Before any work: a read-only or misnamed output fails now, not after every request.
+    check_output_file(out_csv, inputs=[reports_csv, *([cache] if cache else [])])
     started = time.perf_counter()
     qs = load_question_set(questions)
     path = Path(reports_csv)
     rows = read_csv_rows(path, [id_column, text_column])
+    _require_rows(rows, path)
     reports = list(zip(_ids(rows, id_column, path), (r[text_column] for r in rows), strict=True))
     if backend == "rules":
         labels, stats = _run_rules(reports, qs, progress), ""
@@ -294,10 +317,12 @@ def normalize_file(
         >>> normalize_file  # doctest: +ELLIPSIS
         <function normalize_file at ...>
     """
+    check_output_file(out_csv, inputs=[answers_csv])
     started = time.perf_counter()
     qs = load_question_set(questions)
     path = Path(answers_csv)
     rows = read_csv_rows(path, [id_column, answer_column])
+    _require_rows(rows, path)
     labels = []
     for report_id, row in zip(_ids(rows, id_column, path), rows, strict=True):
         line = row[answer_column]
@@ -371,7 +396,8 @@ def write_labels(
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=label_columns(id_column, qs))
     writer.writeheader()
-    writer.writerows(rows)
+    # Text cells (ids, evidence, errors) never start a spreadsheet formula.
+    writer.writerows({k: csv_cell(v) for k, v in row.items()} for row in rows)
     with atomic_path(out_csv) as tmp:
         tmp.write_text(buffer.getvalue(), encoding="utf-8", newline="")
     return rows
@@ -420,12 +446,19 @@ def evaluate_files(
         >>> evaluate_files  # doctest: +ELLIPSIS
         <function evaluate_files at ...>
     """
+    if json_out is not None:
+        check_output_file(json_out, inputs=[pred_csv, ref_csv], what="--json")
     qs = load_question_set(questions)
     pred = read_csv_rows(pred_csv, [id_column])
     ref = read_csv_rows(ref_csv, [id_column])
     _warn_missing_keys(pred, qs, pred_csv)
     _warn_missing_keys(ref, qs, ref_csv)
     metrics = evaluate_labels(pred, ref, id_column, qs)
+    if metrics["n_common"] == 0:
+        raise ReportsInputError(
+            f"no id in column {id_column!r} is in both {pred_csv} ({metrics['n_pred']} ids) and "
+            f"{ref_csv} ({metrics['n_ref']} ids); nothing to compare"
+        )
     metrics.update(pred_csv=str(pred_csv), ref_csv=str(ref_csv))
     if json_out is not None:
         write_json_atomic(json_out, metrics)
