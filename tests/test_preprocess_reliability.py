@@ -268,10 +268,10 @@ def test_empty_feature_file_is_redone(slides, tmp_path):
 
 
 def test_unusable_slide_ids_are_refused(slides, tmp_path):
-    for name in ("..svs", ".hidden.svs"):
+    for name in ("..svs", ".hidden.svs", "x" * 210 + ".svs"):
         bad = tmp_path / name
         bad.write_bytes((slides / "s0.tif").read_bytes())
-        with pytest.raises(SlideError, match="cannot name a file"):
+        with pytest.raises(SlideError, match=r"cannot name a file|too long"):
             preprocess([bad], tmp_path / "out", PreprocessConfig(**FAST), progress=False)
         proc = run("preprocess", bad, "--out", tmp_path / "out", "--no-progress")
         assert proc.returncode == 2 and name in proc.stderr
@@ -299,3 +299,43 @@ def test_manifest_cells_are_never_formulas(slides, tmp_path):
         row = next(csv.DictReader(handle))
     assert row["slide_id"] == "'=cmd" and csv_value(row["slide_id"]) == "=cmd"
     assert (out / "features" / "=cmd.h5").exists()
+
+
+def test_predict_a_different_slide_under_one_name_gets_its_own_prediction(tmp_path):
+    """H3 through predict: `predict RUN batch1/case.tif --out O`, then batch2/case.tif."""
+    from typer.testing import CliRunner
+
+    from fivewsi.cli import app
+    from fivewsi.cohort.table import CohortRow, write_cohort
+    from fivewsi.training import TrainConfig, train
+
+    slides = tmp_path / "slides"
+    for i, style in enumerate(("tumour", "stroma", "tumour", "stroma")):
+        write_pixel_slide(slides / f"s{i}.tif", width=1536, height=1024, seed=i,
+                          regions=[(700, 500, 300, style)])
+    work = tmp_path / "work"
+    assert preprocess([slides], work, PreprocessConfig(workers=0, qc=False), progress=False).ok
+    rows = [CohortRow(f"s{i}", ("LUAD", "LUSC")[i % 2], None, "train") for i in range(4)]
+    write_cohort(rows, tmp_path / "cohort.csv")
+    run_dir = tmp_path / "run"
+    train(TrainConfig(features=work / "features", cohort=tmp_path / "cohort.csv", out=run_dir,
+                      model="mean", model_options={"dim": 16}, epochs=2, min_steps=0,
+                      batch_size=2, progress=False))
+    for batch, (seed, style) in (("batch1", (21, "tumour")), ("batch2", (22, "stroma"))):
+        write_pixel_slide(tmp_path / batch / "case.tif", width=1536, height=1024, seed=seed,
+                          regions=[(700, 500, 300, style)])
+
+    def predict(slide: Path, out: Path) -> dict[str, str]:
+        done = CliRunner().invoke(app, ["predict", str(run_dir), str(slide), "--out", str(out),
+                                        "--workers", "0", "--no-progress", "--no-html"])
+        assert done.exit_code == 0, done.output
+        with open(out / "predictions.csv", newline="") as handle:
+            return next(csv.DictReader(handle))
+
+    shared = tmp_path / "O"
+    first = predict(tmp_path / "batch1" / "case.tif", shared)
+    second = predict(tmp_path / "batch2" / "case.tif", shared)
+    alone = predict(tmp_path / "batch2" / "case.tif", tmp_path / "fresh")
+    assert second["p_LUAD"] == alone["p_LUAD"] != first["p_LUAD"]
+    attrs = bags.read_bag_attrs(shared / "features" / "case.h5")
+    assert attrs["source_path"] == str(tmp_path / "batch2" / "case.tif")

@@ -37,6 +37,10 @@ _DOUBLE_SUFFIXES = (".ome.tif", ".ome.tiff")
 _MPP_RANGE = (0.05, 20.0)
 
 
+#: Longest slide id: its files (``.<id>.h5.tmp-<pid>``) must fit the 255-byte name limit.
+MAX_SLIDE_ID_BYTES = 200
+
+
 class SlideError(SlideStageError):
     """A slide cannot be used; the message says why and what to do about it."""
 
@@ -69,6 +73,11 @@ def check_slide_id(slide_id: str, path: str | os.PathLike[str]) -> str:
         raise SlideError(
             f"{path}: its name gives the slide id {slide_id!r}, which cannot name a file; "
             "rename the slide (or give it a link with a plain name)"
+        )
+    if len(slide_id.encode("utf-8")) > MAX_SLIDE_ID_BYTES:
+        raise SlideError(
+            f"{path}: its slide id is longer than {MAX_SLIDE_ID_BYTES} bytes, too long to name "
+            "its files; rename the slide (or give it a link with a shorter name)"
         )
     return slide_id
 
