@@ -3,14 +3,19 @@
 Layout of the output folder ``OUT``:
 
 - ``features/<slide_id>.h5`` — the bag (see :mod:`fivewsi.features.bags`), written atomically:
-  its presence means the slide is finished.
+  its presence means the slide is finished. It records its source slide (path, size, mtime,
+  fingerprint): a rerun reuses it only for that very file and redoes it for another.
 - ``qc/<slide_id>.jpg`` — thumbnail with the tissue outline and the patch grid.
 - ``status/<slide_id>.json`` — the slide's record (done / failed, error, patches, seconds).
 - ``manifest.csv`` — all records of the batch, rewritten at the end of every run.
-- ``preprocess.json`` — the settings the features were made with; a rerun with other settings
-  into the same folder is refused rather than mixing features.
+- ``preprocess.json`` — the settings the features were made with, created exclusively; a run
+  with other settings into the same folder (even a concurrent one) is refused rather than
+  mixing features.
 
-A failed slide never stops the batch; a rerun skips finished slides and redoes the others.
+A failed slide never stops the batch; a rerun skips finished slides and redoes the others. A
+full disk does stop it (there is no point going on): the slide that met it and the rest are
+recorded, no partial file is left, and :class:`~fivewsi.utils.outputs.NoSpaceError` is raised
+after the manifest is written.
 Under a multi-process launcher each rank takes its own shard of slides.
 """
 
