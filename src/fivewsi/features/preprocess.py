@@ -58,7 +58,13 @@ from fivewsi.slides.tiling import Tiling, tile_slide
 from fivewsi.utils import dist
 from fivewsi.utils.atomic import atomic_path, sweep_tmp_files, write_json_atomic, write_text_atomic
 from fivewsi.utils.logs import make_progress
-from fivewsi.utils.outputs import NoSpaceError, check_free_space, check_output_folder, csv_cell
+from fivewsi.utils.outputs import (
+    NoSpaceError,
+    OutputError,
+    check_free_space,
+    check_output_folder,
+    csv_cell,
+)
 
 log = logging.getLogger(__name__)
 
@@ -229,6 +235,8 @@ def _create_exclusive(path: Path, data: dict[str, object]) -> None:
                     handle.write(text)
             except FileExistsError:
                 pass
+    except OSError as exc:  # a full disk, most likely: one line, exit 2
+        raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from None
     finally:
         tmp.unlink(missing_ok=True)
 
