@@ -1,6 +1,7 @@
 """``fivewsi preprocess``: slides → bags of patch features (:func:`fivewsi.features.preprocess`).
 
-Exit status 1 when some slide failed (after all others are done), 2 on bad input or settings.
+Exit status 1 when some slide failed (after all others are done), 2 on bad input or settings,
+an unusable ``--out``, or a full disk (the batch stops; finished slides are kept).
 """
 
 from __future__ import annotations

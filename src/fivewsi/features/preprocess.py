@@ -3,20 +3,27 @@
 Layout of the output folder ``OUT``:
 
 - ``features/<slide_id>.h5`` — the bag (see :mod:`fivewsi.features.bags`), written atomically:
-  its presence means the slide is finished.
+  its presence means the slide is finished. It records its source slide (path, size, mtime,
+  fingerprint): a rerun reuses it only for that very file and redoes it for another.
 - ``qc/<slide_id>.jpg`` — thumbnail with the tissue outline and the patch grid.
 - ``status/<slide_id>.json`` — the slide's record (done / failed, error, patches, seconds).
 - ``manifest.csv`` — all records of the batch, rewritten at the end of every run.
-- ``preprocess.json`` — the settings the features were made with; a rerun with other settings
-  into the same folder is refused rather than mixing features.
+- ``preprocess.json`` — the settings the features were made with, created exclusively; a run
+  with other settings into the same folder (even a concurrent one) is refused rather than
+  mixing features.
 
-A failed slide never stops the batch; a rerun skips finished slides and redoes the others.
+A failed slide never stops the batch; a rerun skips finished slides and redoes the others. A
+full disk does stop it (there is no point going on): the slide that met it and the rest are
+recorded, no partial file is left, and :class:`~fivewsi.utils.outputs.NoSpaceError` is raised
+after the manifest is written.
 Under a multi-process launcher each rank takes its own shard of slides.
 """
 
 from __future__ import annotations
 
 import csv
+import errno
+import hashlib
 import io
 import json
 import logging
@@ -28,22 +35,36 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
 
+import h5py
 import numpy as np
 import torch
 from rich.progress import Progress
 
 from fivewsi import __version__
 from fivewsi.errors import FeatureStageError
-from fivewsi.features.bags import read_bag_attrs, save_bag
+from fivewsi.features.bags import BagError, read_bag_attrs
 from fivewsi.features.config import PreprocessConfig
 from fivewsi.features.extract import embed_patches
 from fivewsi.features.registry import PatchEncoder, create_encoder, get_spec
 from fivewsi.slides.qc import save_qc_image
-from fivewsi.slides.readers import SlideError, find_slides, open_slide, slide_id_from_path
+from fivewsi.slides.readers import (
+    SlideError,
+    check_slide_id,
+    find_slides,
+    open_slide,
+    slide_id_from_path,
+)
 from fivewsi.slides.tiling import Tiling, tile_slide
 from fivewsi.utils import dist
-from fivewsi.utils.atomic import sweep_tmp_files, write_json_atomic, write_text_atomic
+from fivewsi.utils.atomic import atomic_path, sweep_tmp_files, write_json_atomic, write_text_atomic
 from fivewsi.utils.logs import make_progress
+from fivewsi.utils.outputs import (
+    NoSpaceError,
+    OutputError,
+    check_free_space,
+    check_output_folder,
+    csv_cell,
+)
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +116,20 @@ class SettingsMismatchError(FeatureStageError):
     """The output folder holds features made with other settings."""
 
 
+class DuplicateSlideError(FeatureStageError):
+    """Two inputs of one batch would give the same slide id (and so one feature file)."""
+
+
+#: The folders preprocess writes under ``OUT``.
+OUTPUT_FOLDERS = ("features", "qc", "status")
+#: Bytes read from each end of a slide for its content fingerprint.
+FINGERPRINT_BYTES = 1 << 20
+#: Attributes of the ``features`` dataset that name the slide a feature file was made from.
+SOURCE_ATTRS = ("source_path", "source_size", "source_mtime_ns", "source_fingerprint")
+#: Free space kept beyond a bag's arrays (HDF5 metadata, attributes, status and manifest files).
+SPACE_MARGIN = 64 << 10
+
+
 def preprocess(
     inputs: Sequence[str | os.PathLike[str]],
     out: str | os.PathLike[str],
@@ -113,16 +148,20 @@ def preprocess(
     out = Path(out)
     started = time.perf_counter()
     get_spec(config.encoder)  # an unknown encoder fails before anything is written
-    slides = find_slides(inputs)
+    check_output_folder(out)  # a read-only or misnamed --out fails before any work
+    # never the command's own output (qc/*.jpg), even with --out equal to an input folder
+    slides = find_slides(inputs, exclude=[out / sub for sub in OUTPUT_FOLDERS])
+    _check_ids(slides)
     rank = dist.process_rank()
     grouped = dist.init_process_group(rank)
-    for sub in ("features", "qc", "status"):
+    for sub in OUTPUT_FOLDERS:
         (out / sub).mkdir(parents=True, exist_ok=True)
         sweep_tmp_files(out / sub)
     _check_settings(out, config, rank)
     mine = _shard(slides, rank)
     log.info("rank %d/%d: %d of %d slides", rank.rank, rank.world_size, len(mine), len(slides))
     records = _run_shard(mine, out, config, rank, progress)
+    no_space = next((r for r in records if r.error.startswith(NO_SPACE)), None)
     dist.barrier()
     if rank.is_leader and (grouped or rank.world_size == 1):
         records = _merged_records(out, slides, records)
@@ -132,25 +171,83 @@ def preprocess(
     # Nobody exits before the manifest is written: a launcher stops all ranks when one fails.
     dist.barrier()
     dist.destroy_process_group()
+    if no_space is not None:  # the batch stopped: nothing more can be written there
+        stopped = sum(r.error.startswith(NOT_PROCESSED) for r in records)
+        raise NoSpaceError(
+            f"{no_space.error} (slide {no_space.slide_id}); stopped with {stopped} slide(s) not "
+            f"processed; free space in {out} and rerun (finished slides are kept)"
+        )
     # In a group the leader speaks for everyone; the others exit cleanly.
     speaks = rank.is_leader or not grouped
     return PreprocessResult(out, records, time.perf_counter() - started, speaks)
 
 
+def _check_ids(slides: list[Path]) -> None:
+    """Refuse, before any work, ids that cannot name a file and two inputs with one id."""
+    seen: dict[str, Path] = {}
+    for path in slides:
+        slide_id = check_slide_id(slide_id_from_path(path), path)
+        if slide_id in seen:
+            raise DuplicateSlideError(
+                f"two inputs give the slide id {slide_id!r}: {seen[slide_id]} and {path}; "
+                "rename one or preprocess them into different --out folders"
+            )
+        seen[slide_id] = path
+
+
 def _check_settings(out: Path, config: PreprocessConfig, rank: dist.ProcessRank) -> None:
+    """Create ``preprocess.json`` exclusively, or compare with the one already there.
+
+    Every rank, and every concurrent run into one folder, does the same: exactly one creation
+    wins (``os.link`` of a complete temporary file never replaces an existing file), and all
+    others compare their settings with the winner's, so two settings are never both accepted.
+    """
     path = out / "preprocess.json"
     wanted = json.loads(json.dumps(config.feature_settings(), default=str))
-    if path.exists():
-        found = json.loads(path.read_text())
-        diff = {k: (found.get(k), v) for k, v in wanted.items() if found.get(k) != v}
-        if diff:
-            details = ", ".join(f"{k}: folder has {a!r}, asked {b!r}" for k, (a, b) in diff.items())
-            raise SettingsMismatchError(
-                f"{out} holds features made with other settings ({details}); "
-                "use another --out folder or the folder's settings"
-            )
-    elif rank.is_leader:
-        write_json_atomic(path, {**wanted, "fivewsi_version": __version__})
+    if not path.exists():
+        _create_exclusive(path, {**wanted, "fivewsi_version": __version__})
+    found = _read_settings(path)
+    diff = {k: (found.get(k), v) for k, v in wanted.items() if found.get(k) != v}
+    if diff:
+        details = ", ".join(f"{k}: folder has {a!r}, asked {b!r}" for k, (a, b) in diff.items())
+        raise SettingsMismatchError(
+            f"{out} holds features made with other settings ({details}); "
+            "use another --out folder or the folder's settings"
+        )
+
+
+def _create_exclusive(path: Path, data: dict[str, object]) -> None:
+    """Write ``data`` as JSON to ``path`` unless it exists (then leave it alone)."""
+    text = json.dumps(data, indent=2, sort_keys=True, default=str) + "\n"
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{time.monotonic_ns()}")
+    try:
+        with open(tmp, "x", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        try:
+            os.link(tmp, path)  # atomic, complete, and never over an existing file
+        except FileExistsError:
+            pass
+        except OSError:  # a file system without hard links: exclusive creation instead
+            try:
+                with open(path, "x", encoding="utf-8") as handle:
+                    handle.write(text)
+            except FileExistsError:
+                pass
+    except OSError as exc:  # a full disk, most likely: one line, exit 2
+        raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from None
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _read_settings(path: Path) -> dict[str, object]:
+    for _ in range(50):  # a concurrent run may be writing it (file systems without links)
+        try:
+            return json.loads(path.read_text())
+        except ValueError:
+            time.sleep(0.05)
+    raise SettingsMismatchError(f"{path} is not valid JSON; remove it or use another --out")
 
 
 def _shard(slides: list[Path], rank: dist.ProcessRank) -> list[Path]:
@@ -173,23 +270,55 @@ def _run_shard(
     device = dist.pick_device(config.device, rank)
     encoder: PatchEncoder | None = None
     records: list[SlideRecord] = []
-    seen: dict[str, Path] = {}
     with make_progress(progress) as bars:
         slide_bar = bars.add_task("slides", total=len(slides), rate="")
-        for path in slides:
+        for index, path in enumerate(slides):
             slide_id = slide_id_from_path(path)
-            if slide_id in seen:
-                record = _failed(path, f"duplicate slide id {slide_id!r}: also {seen[slide_id]}")
-            elif (record := _finished_record(out, path)) is None:
+            if (record := _finished_record(out, path)) is None:
                 if encoder is None:  # built lazily: a rerun with nothing to do loads no model
                     encoder = create_encoder(config.encoder, config.weights).to(device)
                 record = _process_slide(path, out, config, encoder, device, bars)
                 record.rank = rank.rank
-                write_json_atomic(out / "status" / f"{slide_id}.json", asdict(record))
-            seen.setdefault(slide_id, path)
+                try:
+                    write_json_atomic(out / "status" / f"{slide_id}.json", asdict(record))
+                except OSError as exc:
+                    if not _is_no_space(exc):
+                        raise
+                    record = _failed(path, _no_space_message(exc), seconds=record.seconds)
             records.append(record)
             bars.advance(slide_bar)
+            if record.error.startswith(NO_SPACE):  # a full disk: no point going on
+                log.error("%s: %s; stopping the batch", path.name, record.error)
+                records += [
+                    _failed(rest, f"{NOT_PROCESSED}: the batch stopped, no space left")
+                    for rest in slides[index + 1:]
+                ]
+                break
     return records
+
+
+#: How the error of a slide that met a full disk starts (and of those it left undone).
+NO_SPACE = "no space left"
+NOT_PROCESSED = "not processed"
+
+
+def _is_no_space(exc: BaseException) -> bool:
+    if isinstance(exc, NoSpaceError):
+        return True
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    # h5py turns a failed write into OSError / RuntimeError with HDF5's text, errno lost
+    text = str(exc).lower()
+    return isinstance(exc, (OSError, RuntimeError)) and (
+        "no space left" in text or "disk quota" in text
+    )
+
+
+def _no_space_message(exc: BaseException) -> str:
+    if isinstance(exc, NoSpaceError):
+        return str(exc)
+    where = getattr(exc, "filename", None)
+    return f"{NO_SPACE} on the device" + (f" (writing {where})" if where else "")
 
 
 def _failed(path: Path, error: str, **facts: object) -> SlideRecord:
@@ -197,37 +326,74 @@ def _failed(path: Path, error: str, **facts: object) -> SlideRecord:
 
 
 def _finished_record(out: Path, path: Path) -> SlideRecord | None:
-    """The record of a slide whose feature file is complete, or None if it must be (re)done."""
+    """The record of a slide whose feature file is complete and was made from this very file
+    (same size, modification time and fingerprint), or None if it must be (re)done."""
     slide_id = slide_id_from_path(path)
     h5 = out / "features" / f"{slide_id}.h5"
     if not h5.exists():
         return None
     try:
         attrs = read_bag_attrs(h5)
-    except OSError:
+    except (OSError, KeyError, ValueError):
         log.warning("%s: unreadable feature file, redoing it", slide_id)
+        return None
+    if attrs.get("n_patches", 0) <= 0:
+        log.warning("%s: feature file has no features, redoing it", slide_id)
+        return None
+    if attrs.get("source_fingerprint") is None:
+        log.warning("%s: feature file does not record its source slide, redoing it", slide_id)
+        return None
+    try:
+        identity = source_identity(path)
+    except OSError:
+        return None  # the slide itself fails clearly when it is processed
+    same = all(
+        str(attrs.get(key)) == str(identity[key])
+        for key in ("source_size", "source_mtime_ns", "source_fingerprint")
+    )
+    if not same:
+        log.warning("%s: the slide is not the file its features were made from (%s), "
+                    "redoing it", slide_id, attrs.get("source_path"))
         return None
     record = _read_record(out, path)
     if record.status != "done":  # file finished but killed before its status was written
         record = SlideRecord(slide_id, str(path), "done", n_patches=attrs["n_patches"])
+    record.path = str(path)  # the same file may have been moved
     record.reused = True
     return record
+
+
+def source_identity(path: str | os.PathLike[str]) -> dict[str, object]:
+    """What a feature file records of its slide: path, size, modification time and a cheap
+    content fingerprint (SHA-256 of the size and the first and last MB).
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> p = pathlib.Path(tempfile.mkdtemp()) / "s.tif"
+        >>> _ = p.write_bytes(b"slide")
+        >>> sorted(source_identity(p)) == sorted(SOURCE_ATTRS)
+        True
+    """
+    path = Path(path)
+    stat = path.stat()
+    digest = hashlib.sha256(str(stat.st_size).encode())
+    with open(path, "rb") as handle:
+        digest.update(handle.read(FINGERPRINT_BYTES))
+        if stat.st_size > FINGERPRINT_BYTES:
+            handle.seek(max(stat.st_size - FINGERPRINT_BYTES, FINGERPRINT_BYTES))
+            digest.update(handle.read(FINGERPRINT_BYTES))
+    return {
+        "source_path": str(path),
+        "source_size": int(stat.st_size),
+        "source_mtime_ns": str(stat.st_mtime_ns),  # a string: HDF5 has no unbounded integers
+        "source_fingerprint": digest.hexdigest(),
+    }
 
 
 def _merged_records(out: Path, slides: list[Path], own: list[SlideRecord]) -> list[SlideRecord]:
     """Records of every slide of the batch: this rank's own, the others' read from ``status/``."""
     mine = {record.path: record for record in own}
-    records, seen = [], set()
-    for path in slides:
-        slide_id = slide_id_from_path(path)
-        if str(path) in mine:
-            records.append(mine[str(path)])
-        elif slide_id in seen:
-            records.append(_failed(path, f"duplicate slide id {slide_id!r}"))
-        else:
-            records.append(_read_record(out, path))
-        seen.add(slide_id)
-    return records
+    return [mine[str(path)] if str(path) in mine else _read_record(out, path) for path in slides]
 
 
 def _read_record(out: Path, path: Path) -> SlideRecord:
@@ -256,6 +422,7 @@ def _process_slide(
     facts: dict[str, object] = {}
     tiling: Tiling | None = None
     try:
+        identity = source_identity(path)  # before reading: a change meanwhile means a redo
         with open_slide(path, config.slide_mpp) as slide:
             info = slide.describe()
             facts = {
@@ -270,13 +437,15 @@ def _process_slide(
         if len(tiling.coords) == 0:
             raise SlideError("no tissue found (no patch passes --min-tissue); see the QC image")
         features = _embed(path, tiling, config, encoder, device, bars)
-        _save(out, path, tiling, features, encoder, config, info)
+        _save(out, path, tiling, features, encoder, config, info, identity)
     except Exception as exc:  # one bad slide must not stop the batch
-        if config.qc and tiling is not None:
+        no_space = _is_no_space(exc)
+        if config.qc and tiling is not None and not no_space:
             _save_qc(out, slide_id_from_path(path), tiling)
         log.error("%s: %s", path.name, exc)
         log.debug("traceback", exc_info=True)
-        return _failed(path, _message(exc), seconds=time.perf_counter() - started, **facts)
+        message = _no_space_message(exc) if no_space else _message(exc)
+        return _failed(path, message, seconds=time.perf_counter() - started, **facts)
     if config.qc:
         _save_qc(out, slide_id_from_path(path), tiling)
     seconds = time.perf_counter() - started
@@ -328,6 +497,7 @@ def _save(
     encoder: PatchEncoder,
     config: PreprocessConfig,
     info: dict[str, object],
+    identity: dict[str, object],
 ) -> None:
     level0_mag = _magnification(tiling.slide_mpp)
     coords_attrs = {
@@ -347,9 +517,40 @@ def _save(
         "mpp_source": info["mpp_source"] or "",
         "min_tissue": config.min_tissue,
         "fivewsi_version": __version__,
+        **identity,
     }
     h5 = out / "features" / f"{slide_id_from_path(path)}.h5"
-    save_bag(h5, features, tiling.coords, coords_attrs, features_attrs)
+    # A full disk is found before HDF5 writes (libhdf5 may crash on a half-written file);
+    # a write that fails anyway leaves no file behind (save_bag writes a temporary sibling).
+    needed = features.size * 4 + tiling.coords.size * 8 + SPACE_MARGIN
+    check_free_space(h5.parent, needed, what=f"features of {h5.stem}")
+    _write_bag(h5, features, tiling.coords, coords_attrs, features_attrs)
+
+
+def _write_bag(
+    path: Path,
+    features: np.ndarray,
+    coords: np.ndarray,
+    coords_attrs: dict[str, object],
+    features_attrs: dict[str, object],
+) -> None:
+    """:func:`~fivewsi.features.bags.save_bag`'s file, built in memory and written with plain
+    file I/O: libhdf5 crashes the process (SIGSEGV) when the disk fills under it, whereas a
+    plain write raises ``OSError`` (ENOSPC) and the atomic write removes its partial file."""
+    features = np.asarray(features, dtype=np.float32)
+    coords = np.asarray(coords, dtype=np.int64).reshape(-1, 2)
+    if features.ndim != 2 or features.shape[0] != coords.shape[0]:
+        raise BagError(f"features {features.shape} and coords {coords.shape} do not match")
+    buffer = io.BytesIO()
+    with h5py.File(buffer, "w") as handle:  # the layout of save_bag
+        for name, data, attrs in (("features", features, features_attrs),
+                                  ("coords", coords, coords_attrs)):
+            dataset = handle.create_dataset(name, data=data)
+            for key, value in attrs.items():
+                if value is not None:
+                    dataset.attrs[key] = value
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        handle.write(buffer.getbuffer())
 
 
 def _magnification(mpp: float) -> float:
@@ -365,6 +566,10 @@ def _save_qc(out: Path, slide_id: str, tiling: Tiling) -> None:
         log.warning("%s: QC image not written: %s", slide_id, exc)
 
 
+#: Manifest columns holding text (ids, paths, errors): written through :func:`csv_cell`.
+_TEXT_COLUMNS = ("slide_id", "path", "status", "error", "backend", "mpp_source")
+
+
 def _write_manifest(path: Path, records: list[SlideRecord]) -> None:
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=MANIFEST_COLUMNS, extrasaction="ignore")
@@ -373,5 +578,11 @@ def _write_manifest(path: Path, records: list[SlideRecord]) -> None:
         row = asdict(record)
         row["seconds"] = f"{record.seconds:.3f}"
         row["slide_mpp"] = "" if record.slide_mpp is None else f"{record.slide_mpp:.4f}"
+        row.update({key: csv_cell(row[key]) for key in _TEXT_COLUMNS})
         writer.writerow(row)
-    write_text_atomic(path, buffer.getvalue())
+    try:
+        write_text_atomic(path, buffer.getvalue())
+    except OSError as exc:
+        if not _is_no_space(exc):
+            raise
+        log.error("manifest not written (%s); status/ holds each slide's record", exc)

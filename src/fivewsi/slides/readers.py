@@ -37,6 +37,10 @@ _DOUBLE_SUFFIXES = (".ome.tif", ".ome.tiff")
 _MPP_RANGE = (0.05, 20.0)
 
 
+#: Longest slide id: its files (``.<id>.h5.tmp-<pid>``) must fit the 255-byte name limit.
+MAX_SLIDE_ID_BYTES = 200
+
+
 class SlideError(SlideStageError):
     """A slide cannot be used; the message says why and what to do about it."""
 
@@ -55,23 +59,74 @@ def slide_id_from_path(path: str | os.PathLike[str]) -> str:
     return Path(name).stem
 
 
-def find_slides(inputs: Iterable[str | os.PathLike[str]]) -> list[Path]:
+def check_slide_id(slide_id: str, path: str | os.PathLike[str]) -> str:
+    """``slide_id`` if it can name files (a feature file, a QC image); else a :class:`SlideError`.
+
+    Ids come from the name the user gave a slide; one that is empty, ``.`` or ``..``, or starts
+    with a dot would name a hidden file or none at all.
+
+    Example:
+        >>> check_slide_id("TCGA-05-4244", "TCGA-05-4244.svs")
+        'TCGA-05-4244'
+    """
+    if not slide_id or slide_id.startswith(".") or "/" in slide_id or "\x00" in slide_id:
+        raise SlideError(
+            f"{path}: its name gives the slide id {slide_id!r}, which cannot name a file; "
+            "rename the slide (or give it a link with a plain name)"
+        )
+    if len(slide_id.encode("utf-8")) > MAX_SLIDE_ID_BYTES:
+        raise SlideError(
+            f"{path}: its slide id is longer than {MAX_SLIDE_ID_BYTES} bytes, too long to name "
+            "its files; rename the slide (or give it a link with a shorter name)"
+        )
+    return slide_id
+
+
+def find_slides(
+    inputs: Iterable[str | os.PathLike[str]],
+    *,
+    exclude: Iterable[str | os.PathLike[str]] = (),
+) -> list[Path]:
     """Expand files and folders into a sorted, de-duplicated list of slide files.
 
     Folders are searched recursively for :data:`SLIDE_SUFFIXES`; files given by name are kept
-    whatever their suffix so that a misnamed slide still gets a clear per-slide error.
+    whatever their suffix so that a misnamed slide still gets a clear per-slide error. Paths are
+    kept as the user named them (absolute, links not resolved): a slide's id is the name of the
+    link, so two links to one file are two slides. Hidden files (``._x.svs`` from macOS) and
+    anything under an ``exclude`` folder (the command's own output) are never taken from a
+    folder.
+
+    Raises:
+        SlideError: an input does not exist, or no slide was found at all.
     """
+    skip = [Path(os.path.normpath(Path(e).absolute())) for e in exclude]
+    skip += [Path(e).resolve() for e in exclude]
     found: dict[Path, None] = {}
-    for item in inputs:
+    items = list(inputs)
+    for item in items:
         path = Path(item)
         if path.is_dir():
             for child in sorted(path.rglob("*")):
-                if child.is_file() and child.suffix.lower() in SLIDE_SUFFIXES:
-                    found[child.resolve()] = None
+                if not (child.is_file() and child.suffix.lower() in SLIDE_SUFFIXES):
+                    continue
+                child = Path(os.path.normpath(child.absolute()))
+                if any(child.is_relative_to(folder) for folder in skip):
+                    continue
+                if any(part.startswith(".") for part in child.relative_to(
+                        os.path.normpath(path.absolute())).parts):
+                    log.warning("skipping hidden file %s", child)
+                    continue
+                found[child] = None
         elif path.exists():
-            found[path.resolve()] = None
+            found[Path(os.path.normpath(path.absolute()))] = None
         else:
             raise SlideError(f"input not found: {path}")
+    if not found:
+        shown = ", ".join(map(str, items[:3])) + (", ..." if len(items) > 3 else "")
+        raise SlideError(
+            f"no slides found in {shown or 'the inputs'} (looked for files ending in "
+            f"{', '.join(SLIDE_SUFFIXES[:6])}, ...)"
+        )
     return sorted(found)
 
 
