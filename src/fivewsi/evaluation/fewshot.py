@@ -53,6 +53,7 @@ from pydantic import (
 from fivewsi.errors import EvaluationStageError, RunError
 from fivewsi.evaluation.metrics import METRICS
 from fivewsi.utils.atomic import write_text_atomic
+from fivewsi.utils.outputs import check_output_folder
 
 log = logging.getLogger(__name__)
 
@@ -317,6 +318,7 @@ def run_fewshot(config: FewshotConfig) -> FewshotResult:
     from fivewsi.utils.logs import make_progress
 
     start = time.perf_counter()
+    check_output_folder(config.out)  # writable, not a file: before any cell is trained
     models = config.model_names()
     if len(config.seeds) < 5:
         log.warning("%d seeds: mean ± sd over fewer than 5 seeds is unreliable", len(config.seeds))

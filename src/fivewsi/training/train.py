@@ -58,6 +58,7 @@ from fivewsi.training.folder import (
 from fivewsi.training.plan import make_plan, write_split
 from fivewsi.utils import dist
 from fivewsi.utils.atomic import sweep_tmp_files
+from fivewsi.utils.outputs import check_output_folder
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +100,7 @@ def train(config: TrainConfig, *, callbacks: Sequence[Any] = ()) -> TrainResult:
 
     Raises:
         TrainError: nothing to train on, a run folder with other settings, a bad ``init`` run.
+        OutputError: ``config.out`` is a file or cannot be written (checked before training).
     """
     started = time.perf_counter()
     out = config.out
@@ -112,6 +114,7 @@ def train(config: TrainConfig, *, callbacks: Sequence[Any] = ()) -> TrainResult:
             return _result_from_record(
                 out, read_record(out), time.perf_counter() - started, skipped=True
             )
+        check_output_folder(out)  # writable, not a file: before any work
         if state == "overwrite" and rank.is_leader:
             clear_run(out)
         dist.barrier()

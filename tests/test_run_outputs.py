@@ -1,0 +1,104 @@
+"""Output folders of train, evaluate and fewshot: unwritable or a file → one line, exit 2,
+before any work; overwrite clears a run's evaluations; a full disk stops training cleanly."""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from fivewsi.cli import app
+from fivewsi.synthetic import FeatureCohort, make_feature_cohort
+from fivewsi.training import TrainConfig, train
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+SMALL = {"dim": 16}
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory: pytest.TempPathFactory) -> FeatureCohort:
+    return make_feature_cohort(
+        tmp_path_factory.mktemp("cohort"), n_train=8, n_test=6, dim=8, n_patches=(30, 40),
+        class_strength=12.0, seed=7,
+    )
+
+
+@pytest.fixture(scope="module")
+def trained(cohort: FeatureCohort, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("runs") / "mean"
+    train(TrainConfig(features=cohort.features_dir, cohort=cohort.cohort_csv, out=out,
+                      model="mean", model_options=SMALL, epochs=1, min_steps=0, progress=False))
+    return out
+
+
+def _one_line_exit_2(result) -> str:
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:"), result.output
+    return lines[0]
+
+
+@pytest.fixture
+def no_work(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Records any start of real work (planning a training, predicting a bag)."""
+    calls: list[str] = []
+
+    def plan(*args: object, **kwargs: object) -> None:
+        calls.append("plan")
+        raise AssertionError("training was planned")
+
+    def predict(*args: object, **kwargs: object) -> None:
+        calls.append("predict")
+        raise AssertionError("slides were predicted")
+
+    monkeypatch.setattr(importlib.import_module("fivewsi.training.train"), "make_plan", plan)
+    monkeypatch.setattr("fivewsi.runs.loop.predict_files", predict)
+    return calls
+
+
+def _train_args(cohort: FeatureCohort, out: Path) -> list[str]:
+    return ["train", "--features", str(cohort.features_dir), "--cohort", str(cohort.cohort_csv),
+            "--out", str(out), "--model", "mean", "--epochs", "1", "--no-progress", "-q"]
+
+
+def _evaluate_args(cohort: FeatureCohort, run: Path, out: Path) -> list[str]:
+    return ["evaluate", str(run), "--features", str(cohort.features_dir), "--cohort",
+            str(cohort.cohort_csv), "--out", str(out), "--bootstrap", "10", "-q"]
+
+
+def _fewshot_args(cohort: FeatureCohort, out: Path) -> list[str]:
+    return ["fewshot", "--features", str(cohort.features_dir), "--cohort",
+            str(cohort.cohort_csv), "--classes", str(cohort.classes_csv), "--out", str(out),
+            "--models", "mean", "--shots", "1", "--seeds", "1", "--epochs", "1",
+            "--no-progress", "--device", "cpu"]
+
+
+def test_out_that_is_a_file_is_refused_before_any_work(
+    cohort: FeatureCohort, trained: Path, tmp_path: Path, no_work: list[str]
+) -> None:
+    file = tmp_path / "taken"
+    file.write_text("keep me")
+    runner = CliRunner()
+    for args in (_train_args(cohort, file), _evaluate_args(cohort, trained, file),
+                 _fewshot_args(cohort, file)):
+        line = _one_line_exit_2(runner.invoke(app, args))
+        assert "is a file" in line and str(file) in line
+    assert file.read_text() == "keep me"
+    assert no_work == []
+
+
+def test_out_on_a_read_only_file_system_is_refused_before_any_work(
+    cohort: FeatureCohort, trained: Path, mount_tmpfs, no_work: list[str]
+) -> None:
+    readonly = mount_tmpfs(size="1m", readonly=True)
+    runner = CliRunner()
+    for args in (_train_args(cohort, readonly / "run"),
+                 _evaluate_args(cohort, trained, readonly / "eval"),
+                 _fewshot_args(cohort, readonly / "grid")):
+        line = _one_line_exit_2(runner.invoke(app, args))
+        assert "not writable" in line
+    assert no_work == []
