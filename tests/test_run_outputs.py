@@ -4,6 +4,8 @@ before any work; overwrite clears a run's evaluations; a full disk stops trainin
 from __future__ import annotations
 
 import importlib
+import json
+import logging
 from pathlib import Path
 
 import pytest
@@ -102,3 +104,45 @@ def test_out_on_a_read_only_file_system_is_refused_before_any_work(
         line = _one_line_exit_2(runner.invoke(app, args))
         assert "not writable" in line
     assert no_work == []
+
+
+def test_a_class_without_training_slides_is_refused_and_few_shots_warned(
+    cohort: FeatureCohort, tmp_path: Path
+) -> None:
+    classes = tmp_path / "classes.csv"
+    classes.write_text(cohort.classes_csv.read_text() + "SCLC,Small cell lung carcinoma.\n")
+    line = _one_line_exit_2(CliRunner().invoke(app, [
+        *_train_args(cohort, tmp_path / "run"), "--classes", str(classes)]))
+    assert "'SCLC'" in line and "no training slide" in line
+    assert not (tmp_path / "run" / "model.safetensors").exists()
+    warned: list[logging.LogRecord] = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = warned.append  # type: ignore[method-assign]
+    plan_log = logging.getLogger("fivewsi.training.plan")
+    plan_log.addHandler(handler)
+    try:
+        train(TrainConfig(features=cohort.features_dir, cohort=cohort.cohort_csv,
+                          out=tmp_path / "few", model="mean", model_options=SMALL, shots=100,
+                          epochs=1, min_steps=0, progress=False))
+    finally:
+        plan_log.removeHandler(handler)
+    assert any("fewer than 100 shots" in r.getMessage() for r in warned)
+
+
+def test_overwrite_clears_the_evaluations_of_the_old_weights(
+    cohort: FeatureCohort, tmp_path: Path
+) -> None:
+    from fivewsi.evaluation.evaluate import evaluate_run
+
+    out = tmp_path / "run"
+    config = {"features": cohort.features_dir, "cohort": cohort.cohort_csv, "out": out,
+              "model": "mean", "model_options": SMALL, "epochs": 1, "min_steps": 0,
+              "progress": False}
+    train(TrainConfig(**config))
+    evaluate_run(out, cohort.features_dir, cohort.cohort_csv, out=out / "evaluation" / "test",
+                 n_bootstrap=10)
+    (out / "metrics.json").write_text("{}")  # a few-shot cell's evaluation sits at the top
+    assert (out / "evaluation" / "test" / "metrics.json").is_file()
+    train(TrainConfig(**config, overwrite=True))
+    assert not (out / "evaluation").exists() and not (out / "metrics.json").exists()
+    assert json.loads((out / "run.json").read_text())["status"] == "finished"
