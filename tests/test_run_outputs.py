@@ -146,3 +146,18 @@ def test_overwrite_clears_the_evaluations_of_the_old_weights(
     train(TrainConfig(**config, overwrite=True))
     assert not (out / "evaluation").exists() and not (out / "metrics.json").exists()
     assert json.loads((out / "run.json").read_text())["status"] == "finished"
+
+
+@pytest.mark.parametrize("size", ["24k", "48k", "96k"])
+def test_a_full_disk_during_training_is_one_line_and_leaves_no_temporary_file(
+    cohort: FeatureCohort, mount_tmpfs, size: str
+) -> None:
+    # 24k fills up at the best weights, 48k and 96k at the first checkpoint (measured).
+    disk = mount_tmpfs(size=size)
+    out = disk / "run"
+    line = _one_line_exit_2(CliRunner().invoke(app, _train_args(cohort, out)))
+    assert "no space left" in line and "resume" in line
+    assert [p for p in disk.rglob("*") if ".tmp-" in p.name] == []
+    assert not (out / "model.safetensors").exists()
+    if (out / "run.json").is_file():
+        assert json.loads((out / "run.json").read_text())["status"] != "finished"

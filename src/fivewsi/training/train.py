@@ -22,6 +22,7 @@ Example:
 from __future__ import annotations
 
 import datetime
+import errno
 import logging
 import os
 import time
@@ -118,10 +119,47 @@ def train(config: TrainConfig, *, callbacks: Sequence[Any] = ()) -> TrainResult:
         if state == "overwrite" and rank.is_leader:
             clear_run(out)
         dist.barrier()
-        return _train(config, rank, started, resume=state == "resume", callbacks=callbacks)
+        try:
+            return _train(config, rank, started, resume=state == "resume", callbacks=callbacks)
+        except Exception as exc:
+            if not _disk_full(exc):
+                raise
+            raise TrainError(
+                f"no space left on the device of {out} (or it became read-only) while training: "
+                "the run is left unfinished; free some space and run the same command again to "
+                "resume"
+            ) from None
     finally:
         if grouped:
             dist.destroy_process_group()
+
+
+#: errno values of a file system that cannot take the run's files any more.
+_DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG})
+
+
+def _disk_full(exc: BaseException) -> bool:
+    """Whether ``exc`` (or its cause) is a full, over-quota or read-only file system.
+
+    torch and safetensors report a full disk as their own errors, with the OS's words inside.
+
+    Example:
+        >>> _disk_full(OSError(errno.ENOSPC, "No space left on device"))
+        True
+        >>> _disk_full(RuntimeError("shape mismatch"))
+        False
+    """
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, OSError) and current.errno in _DISK_ERRNOS:
+            return True
+        text = str(current)
+        if "No space left on device" in text or "os error 28" in text or "Disk quota" in text:
+            return True
+        current = current.__cause__ or current.__context__
+    return False
 
 
 def _init_group(config: TrainConfig, rank: dist.ProcessRank) -> bool:
