@@ -3,6 +3,7 @@ before any work; overwrite clears a run's evaluations; a full disk stops trainin
 
 from __future__ import annotations
 
+import csv
 import importlib
 import json
 import logging
@@ -161,3 +162,25 @@ def test_a_full_disk_during_training_is_one_line_and_leaves_no_temporary_file(
     assert not (out / "model.safetensors").exists()
     if (out / "run.json").is_file():
         assert json.loads((out / "run.json").read_text())["status"] != "finished"
+
+
+def test_fewshot_labels_its_table_by_the_k_actually_used(
+    cohort: FeatureCohort, tmp_path: Path
+) -> None:
+    out = tmp_path / "grid"
+    args = _fewshot_args(cohort, out)
+    args[args.index("--shots") + 1] = "2,100"
+    done = CliRunner().invoke(app, [*args, "--bootstrap", "10"])
+    assert done.exit_code == 0, done.output
+    per_class = min(sum(s.label == c for s in cohort.split("train")) for c in ("LUAD", "LUSC"))
+    assert per_class < 100
+    markdown = (out / "fewshot.md").read_text()
+    assert f"| model | k=2 | k={per_class} (asked 100) |" in markdown
+    assert "k=100 |" not in markdown
+    with (out / "fewshot.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert {r["k_used"] for r in rows if r["k"] == "100"} == {str(per_class)}
+    assert {r["k_used"] for r in rows if r["k"] == "2"} == {"2"}
+    with (out / "cells.csv").open() as handle:
+        cells = {r["k"]: r["k_used"] for r in csv.DictReader(handle)}
+    assert cells == {"2": "2", "100": str(per_class)}
