@@ -60,7 +60,9 @@ def evaluate_command(
     from fivewsi.utils.logs import console
 
     o.setup_logging(verbose, quiet)
-    out = out if out is not None else run / "evaluation" / split
+    from fivewsi.runs.record import EVALUATION
+
+    out = out if out is not None else run / EVALUATION / split
     result = evaluate_run(
         run, features, cohort, split=None if split == "all" else split, classes=classes,
         out=out, **o.given(n_bootstrap=n_bootstrap, device=device),

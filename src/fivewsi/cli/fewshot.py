@@ -169,14 +169,14 @@ def fewshot_table(result: FewshotResult) -> Table:
 
     from rich.table import Table
 
-    from fivewsi.evaluation.fewshot import HEADLINE
+    from fivewsi.evaluation.fewshot import HEADLINE, k_label
 
     rows = {(r.model, r.k): r for r in result.table if r.metric == HEADLINE}
     shots = result.shots
     table = Table(title="balanced accuracy % (mean ± sd over seeds)")
     table.add_column("model")
     for k in shots:
-        table.add_column(f"k={k}", justify="right")
+        table.add_column(k_label(k, result.table), justify="right")
     best = {
         k: max((r.mean for (_, kk), r in rows.items() if kk == k and r.mean is not None),
                default=None)

@@ -33,6 +33,7 @@ import numpy as np
 from fivewsi.errors import EvaluationStageError
 from fivewsi.evaluation.metrics import METRICS, classification_metrics
 from fivewsi.utils.atomic import write_json_atomic, write_text_atomic
+from fivewsi.utils.outputs import check_output_folder
 
 if TYPE_CHECKING:
     from fivewsi.cohort.table import ClassDescription, CohortRow
@@ -132,6 +133,7 @@ def evaluate_run(
     Raises:
         EvaluationError: no labelled slide in the split, a label that is not one of the
             model's classes, or no slide that could be predicted.
+        OutputError: ``out`` is a file or cannot be written (checked before predicting).
     """
     from fivewsi.cohort.table import CohortError, check_labels, read_cohort
     from fivewsi.runs.classifier import load_model
@@ -161,6 +163,8 @@ def evaluate_run(
             + ("" if classes is not None else " (pass classes=... to use other descriptions)")
         ) from None
 
+    if out is not None:
+        check_output_folder(out)  # before predicting: a read-only --out fails at once
     files = find_feature_files(features)
     outcomes = _predict(classifier, labelled, files)
     done = [o for o in outcomes if o.error is None]

@@ -10,11 +10,14 @@ The grid resumes: a cell whose ``metrics.json`` exists is read back, not redone 
 that its run was trained with the same settings), and an interrupted run resumes from its
 checkpoint. Seeds fix the draw of the k slides per class (the same draw for every model, so
 models are compared on the same slides), the initialisation and the patch sampling; the
-evaluation never tunes anything on the test split.
+evaluation never tunes anything on the test split. A class with fewer than k training slides
+trains on all of them: ``k_used`` records the labelled slides per class a cell really had (its
+smallest class), and a column whose runs had fewer is titled by what was used
+(``k=4 (asked 100)``).
 
-Results: ``OUT/fewshot.csv`` (long format: model, k, metric, mean, sd, n_seeds, values),
-``OUT/fewshot.md`` (a table per metric, rows models, columns k, best mean per column in bold),
-``OUT/cells.csv`` (one line per cell with its metrics, status and timings).
+Results: ``OUT/fewshot.csv`` (long format: model, k, k_used, metric, mean, sd, n_seeds,
+values), ``OUT/fewshot.md`` (a table per metric, rows models, columns k, best mean per column
+in bold), ``OUT/cells.csv`` (one line per cell with its metrics, status and timings).
 
 Example:
     >>> config = FewshotConfig(features="feats", cohort="cohort.csv", classes="classes.csv",
@@ -53,6 +56,7 @@ from pydantic import (
 from fivewsi.errors import EvaluationStageError, RunError
 from fivewsi.evaluation.metrics import METRICS
 from fivewsi.utils.atomic import write_text_atomic
+from fivewsi.utils.outputs import check_output_folder
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +74,7 @@ _GRID_SETTINGS = frozenset(
 )
 #: Few-shot training defaults: no validation slides carved out of k shots, fixed epochs.
 _FEWSHOT_TRAIN_DEFAULTS: dict[str, Any] = {"val_fraction": 0.0, "patience": None}
-_CELL_COLUMNS = ("model", "k", "seed", "status", *METRICS, "n_test", "train_seconds",
+_CELL_COLUMNS = ("model", "k", "k_used", "seed", "status", *METRICS, "n_test", "train_seconds",
                  "eval_seconds", "run", "error")
 
 
@@ -264,6 +268,7 @@ class FewshotCell:
     status: str = "pending"
     metrics: dict[str, float | None] = field(default_factory=dict)
     n_test: int = 0
+    k_used: int | None = None  # labelled training slides of the smallest class (k when enough)
     train_seconds: float = 0.0
     eval_seconds: float = 0.0
     error: str | None = None
@@ -280,6 +285,7 @@ class TableRow:
     sd: float | None
     n_seeds: int
     values: list[float]
+    k_used: int | None = None  # fewest labelled training slides per class in any seed's run
 
 
 @dataclass
@@ -317,6 +323,7 @@ def run_fewshot(config: FewshotConfig) -> FewshotResult:
     from fivewsi.utils.logs import make_progress
 
     start = time.perf_counter()
+    check_output_folder(config.out)  # writable, not a file: before any cell is trained
     models = config.model_names()
     if len(config.seeds) < 5:
         log.warning("%d seeds: mean ± sd over fewer than 5 seeds is unreliable", len(config.seeds))
@@ -492,6 +499,29 @@ def _read_metrics(cell: FewshotCell, path: Path) -> None:
     metrics = info["metrics"]
     cell.metrics = {name: metrics[name]["value"] for name in METRICS}
     cell.n_test = int(metrics["n"])
+    cell.k_used = _k_used(cell)
+
+
+def _k_used(cell: FewshotCell) -> int | None:
+    """Labelled training slides of the smallest class in the cell's run (``split.csv``): k,
+    or fewer when a class has fewer than k training slides."""
+    from fivewsi.runs.record import SPLIT_FILE
+    from fivewsi.utils.outputs import csv_value
+
+    path = cell.run / SPLIT_FILE
+    if cell.k == 0 or not path.is_file():
+        return None
+    counts: dict[str, int] = {}
+    with path.open(newline="", encoding="utf-8") as handle:
+        for row in csv.DictReader(handle):
+            if row.get("role") == "train" and row.get("label"):
+                label = csv_value(row["label"])
+                counts[label] = counts.get(label, 0) + 1
+    used = min(counts.values(), default=0)
+    if used < cell.k:
+        log.warning("%s k=%d seed=%s: a class has only %d training slides, so k=%d was used",
+                    cell.model, cell.k, cell.seed, used, used)
+    return used
 
 
 def summarize(cells: Sequence[FewshotCell]) -> list[TableRow]:
@@ -518,7 +548,9 @@ def summarize(cells: Sequence[FewshotCell]) -> list[TableRow]:
                 if mean is not None and len(values) > 1
                 else None
             )
-            rows.append(TableRow(model, k, metric, mean, sd, len(values), values))
+            used = [c.k_used for c in group if c.k_used is not None]
+            rows.append(TableRow(model, k, metric, mean, sd, len(values), values,
+                                 min(used) if used else None))
     return rows
 
 
@@ -526,10 +558,11 @@ def table_csv(table: Sequence[TableRow]) -> str:
     """The long-format CSV of the table (``values`` joined by ``;``)."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["model", "k", "metric", "mean", "sd", "n_seeds", "values"])
+    writer.writerow(["model", "k", "k_used", "metric", "mean", "sd", "n_seeds", "values"])
     for r in table:
         writer.writerow([
-            r.model, r.k, r.metric, _num(r.mean), _num(r.sd), r.n_seeds,
+            r.model, r.k, "" if r.k_used is None else r.k_used, r.metric, _num(r.mean),
+            _num(r.sd), r.n_seeds,
             ";".join(f"{v:.6g}" for v in r.values),
         ])
     return buffer.getvalue()
@@ -562,7 +595,8 @@ def table_markdown(table: Sequence[TableRow], *, n_seeds: int | None = None) -> 
             for k in shots
         }
         title = f"{metric} (headline)" if metric == HEADLINE else metric
-        lines += ["", f"## {title}", "", "| model | " + " | ".join(f"k={k}" for k in shots) + " |",
+        lines += ["", f"## {title}", "",
+                  "| model | " + " | ".join(k_label(k, table) for k in shots) + " |",
                   "|---|" + "---:|" * len(shots)]
         for model in models:
             cells = []
@@ -579,6 +613,20 @@ def table_markdown(table: Sequence[TableRow], *, n_seeds: int | None = None) -> 
                 cells.append(text)
             lines.append(f"| {model} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def k_label(k: int, table: Sequence[TableRow]) -> str:
+    """A column's title: ``k=4``, or ``k=2 (asked 4)`` when some class had only 2 training
+    slides, so the runs of that column really had k = 2.
+
+    Example:
+        >>> k_label(4, [TableRow("a", 4, "auc", 0.7, None, 1, [0.7], k_used=2)])
+        'k=2 (asked 4)'
+    """
+    used = [r.k_used for r in table if r.k == k and r.k_used is not None]
+    if used and min(used) < k:
+        return f"k={min(used)} (asked {k})"
+    return f"k={k}"
 
 
 def _metric_order(metric: str) -> int:
@@ -598,7 +646,8 @@ def _write_cells(path: Path, cells: Sequence[FewshotCell]) -> None:
         if c.status == "pending":
             continue
         writer.writerow([
-            c.model, c.k, "" if c.seed is None else c.seed, c.status,
+            c.model, c.k, "" if c.k_used is None else c.k_used,
+            "" if c.seed is None else c.seed, c.status,
             *[_num(c.metrics.get(m)) for m in METRICS], c.n_test,
             f"{c.train_seconds:.2f}", f"{c.eval_seconds:.2f}", c.run, c.error or "",
         ])

@@ -6,6 +6,12 @@ top-left x, y of each patch). ``coords`` carries TRIDENT's attributes (``patch_s
 ``level0_height``, ``name``); ``features`` carries the encoder and the resolutions.
 :func:`load_bag` also reads CLAM files (``coords`` attributes ``patch_level`` / ``patch_size``,
 features possibly ``[1, N, D]``) and CLAM's feature-only ``.pt`` files.
+
+Every bag is checked where it is read (:func:`check_bag`, called by :func:`load_bag`, which
+training, evaluation and prediction all use): at least one patch, features ``[N, D]`` with
+only finite values, coordinates ``[N, 2]`` when present. A bag that fails is a
+:class:`BagError` naming the file and the fault, so the caller skips (training) or fails
+(evaluation, prediction) that one slide.
 """
 
 from __future__ import annotations
@@ -35,6 +41,41 @@ TRIDENT_COORDS_ATTRS = (
 
 class BagError(FeatureStageError):
     """A feature file is missing, unreadable or not a bag of patch features."""
+
+
+#: What a ``.pt`` file that cannot be read as plain tensors is told (torch's own message is
+#: dropped: it suggests unsafe loading).
+PT_REFUSED = "not a plain tensor file; fivewsi loads .pt bags with weights_only=True"
+
+
+def check_bag(features: np.ndarray, coords: np.ndarray | None, name: str) -> None:
+    """Raise :class:`BagError` unless ``features`` is ``[N, D]`` (N ≥ 1) and finite and
+    ``coords`` (when given) is ``[N, 2]``.
+
+    Example:
+        >>> check_bag(np.ones((2, 3)), np.zeros((2, 2)), "s1.h5")
+        >>> check_bag(np.array([[1.0, np.nan]]), None, "s1.h5")
+        Traceback (most recent call last):
+        ...
+        fivewsi.features.bags.BagError: s1.h5: 1 of 2 feature values are not finite (NaN or Inf)
+    """
+    if features.ndim != 2:
+        raise BagError(f"{name}: features must be [N, D], got shape {features.shape}")
+    if features.shape[0] == 0:
+        raise BagError(f"{name}: no patches (an empty bag)")
+    if features.shape[1] == 0:
+        raise BagError(f"{name}: features have size 0 ({features.shape})")
+    finite = np.isfinite(features)
+    if not finite.all():
+        bad = int(features.size - np.count_nonzero(finite))
+        raise BagError(
+            f"{name}: {bad} of {features.size} feature values are not finite (NaN or Inf)"
+        )
+    if coords is not None and (coords.ndim != 2 or coords.shape != (features.shape[0], 2)):
+        raise BagError(
+            f"{name}: coords must be [N, 2] for {features.shape[0]} features, "
+            f"got shape {coords.shape}"
+        )
 
 
 @dataclass
@@ -138,19 +179,26 @@ def load_bag(path: str | os.PathLike[str]) -> Bag:
                 raise BagError(f"{path.name}: no 'features' dataset (has {list(handle)})")
             features = np.asarray(handle["features"][()], dtype=np.float32)
             has_coords = "coords" in handle
-            coords = np.asarray(handle["coords"][()], dtype=np.int64) if has_coords else None
+            coords = np.asarray(handle["coords"][()]) if has_coords else None
             attrs = {k: _plain(v) for k, v in handle["features"].attrs.items()}
             if "coords" in handle:
                 attrs.update({k: _plain(v) for k, v in handle["coords"].attrs.items()})
-    except OSError as exc:
+    except (OSError, ValueError, TypeError, KeyError) as exc:
         raise BagError(f"cannot read feature file {path}: {exc}") from exc
     features = _squeeze_bag(features, path)
     if coords is not None:
-        coords = coords.reshape(-1, 2)
-        if coords.shape[0] != features.shape[0]:
+        if coords.ndim == 3 and coords.shape[0] == 1:  # a CLAM batch axis, as for features
+            coords = coords[0]
+        if coords.dtype.kind not in "iuf" or (
+            coords.dtype.kind == "f" and not np.isfinite(coords).all()
+        ):
+            raise BagError(f"{path.name}: coords are not finite numbers ({coords.dtype})")
+        coords = coords.astype(np.int64)
+        if coords.ndim == 2 and coords.shape[0] != features.shape[0]:
             raise BagError(
                 f"{path.name}: {features.shape[0]} features but {coords.shape[0]} coords"
             )
+    check_bag(features, coords, path.name)
     slide_id = str(attrs.get("name") or _slide_id(path))
     return Bag(slide_id, features, coords, attrs, path)
 
@@ -166,13 +214,22 @@ def _squeeze_bag(features: np.ndarray, path: Path) -> np.ndarray:
 def _load_pt(path: Path) -> Bag:
     import torch
 
-    # Feature files may come from anywhere: never unpickle arbitrary objects.
-    tensor = torch.load(path, map_location="cpu", weights_only=True)
+    # Feature files may come from anywhere: never unpickle arbitrary objects. Torch's message
+    # for a refused or torn file advises unsafe loading: it is not passed on.
+    try:
+        tensor = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # UnpicklingError, RuntimeError (torn zip), EOFError, ...
+        raise BagError(f"{path.name}: {PT_REFUSED} ({type(exc).__name__})") from None
     if isinstance(tensor, dict) and "features" in tensor:
         tensor = tensor["features"]
     if not isinstance(tensor, torch.Tensor):
         raise BagError(f"{path.name}: expected a tensor of features, got {type(tensor).__name__}")
-    features = _squeeze_bag(tensor.float().numpy(), path)
+    try:
+        array = tensor.detach().float().numpy()
+    except (RuntimeError, TypeError) as exc:
+        raise BagError(f"{path.name}: not a tensor of numbers ({exc})") from None
+    features = _squeeze_bag(array, path)
+    check_bag(features, None, path.name)
     return Bag(_slide_id(path), features, None, {}, path)
 
 

@@ -1,9 +1,11 @@
 """The one prediction loop: feature files → predictions, failures recorded per slide.
 
 ``evaluate`` (and thereby the few-shot grid) and ``predict`` both call :func:`predict_files`.
-Bags are loaded one by one, checked (a file, patches, the model's feature size) and predicted in
-padded batches of at most ``max_batch_patches`` patches (``0``: each bag alone); when a batch
-fails its bags are predicted one by one, so one bad bag fails alone.
+Bags are loaded one by one, checked (a file, at least one patch, finite values, coords
+matching features — :func:`fivewsi.features.bags.check_bag` — and the model's feature size)
+and predicted in padded batches of at most ``max_batch_patches`` patches (``0``: each bag
+alone); when a batch fails its bags are predicted one by one, so one bad bag fails alone; a
+prediction with non-finite probabilities fails its slide.
 
 Example:
     >>> results = predict_files(load_model("runs/r0"), [("s1", Path("f/s1.h5"))])  # doctest: +SKIP
@@ -18,6 +20,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+import numpy as np
 
 if TYPE_CHECKING:
     from fivewsi.features.bags import Bag
@@ -59,7 +63,8 @@ def predict_files(
 
     An item with an earlier error (e.g. its slide failed preprocessing) or no file is passed
     through as failed; load errors, empty bags, a feature size the model does not take and
-    errors of the model are recorded on their slide and never stop the others.
+    errors of the model are recorded on their slide and never stop the others; so is a
+    prediction whose class probabilities are not finite.
     """
     from fivewsi.features.bags import BagError, load_bag
 
@@ -123,4 +128,9 @@ def _predict(classifier: SlideClassifier, pending: list[tuple[BagResult, Bag]]) 
             _predict(classifier, [one])
         return
     for (result, _), prediction in zip(pending, predictions, strict=True):
+        probabilities = np.asarray(prediction.probabilities, dtype=np.float64)
+        if probabilities.size == 0 or not np.isfinite(probabilities).all():
+            # A prediction of NaN is no prediction: the slide fails, never "ok".
+            result.error = "the model gave non-finite class probabilities (NaN or Inf)"
+            continue
         result.prediction = prediction

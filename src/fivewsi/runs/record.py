@@ -40,6 +40,10 @@ TEXTS_FILE = "texts.safetensors"
 SPLIT_FILE = "split.csv"
 CHECKPOINTS = "checkpoints"
 LOGS = "logs"
+#: Where ``fivewsi evaluate`` writes by default (``RUN/evaluation/SPLIT``).
+EVALUATION = "evaluation"
+#: What an evaluation writes; the few-shot grid writes them at the top of each cell's run.
+EVALUATION_FILES = ("metrics.json", "predictions.csv")
 
 #: Version of the ``run.json`` layout this code writes; older layouts are converted on reading.
 RUN_FORMAT = 2

@@ -33,8 +33,27 @@ def save_weights(model: SlideModel, path: str | os.PathLike[str]) -> None:
     from safetensors.torch import save_file
 
     state = {k: v.detach().cpu().contiguous() for k, v in model.saved_state_dict().items()}
+    check_finite(state, path)
     with atomic_path(path) as tmp:
         save_file(state, str(tmp))
+
+
+def check_finite(state: dict[str, torch.Tensor], path: str | os.PathLike[str]) -> None:
+    """Refuse to write tensors holding NaN or Inf: a run with such weights predicts nothing.
+
+    Example:
+        >>> check_finite({"w": torch.tensor([1.0, float("nan")])}, "model.safetensors")
+        Traceback (most recent call last):
+        ...
+        fivewsi.errors.RunError: model.safetensors not written: 1 tensor(s) hold NaN or Inf ...
+    """
+    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(v.isfinite().all())]
+    if bad:
+        shown = ", ".join(bad[:3]) + (" ..." if len(bad) > 3 else "")
+        raise RunError(
+            f"{path} not written: {len(bad)} tensor(s) hold NaN or Inf values ({shown}); "
+            "the training diverged: lower the learning rate and train again"
+        )
 
 
 def load_weights(model: SlideModel, path: str | os.PathLike[str]) -> None:
@@ -70,6 +89,7 @@ def save_text_features(
     if not rows:
         return 0
     state = {"features": torch.stack(rows).float().contiguous()}
+    check_finite(state, path)
     with atomic_path(path) as tmp:
         save_file(state, str(tmp), metadata={"texts": json.dumps(texts)})
     return len(texts)

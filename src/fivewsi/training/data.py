@@ -28,8 +28,9 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset, DistributedSampler
 
-from fivewsi.features.bags import load_bag
+from fivewsi.features.bags import BagError, load_bag
 from fivewsi.model.outputs import BagBatch, grid_coords
+from fivewsi.training.config import TrainError
 from fivewsi.training.items import SlideItem
 
 log = logging.getLogger(__name__)
@@ -153,7 +154,13 @@ class BagDataset(Dataset[dict[str, Any]]):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         item = self.items[index]
-        features, grid = self.cache.get(item.path)
+        try:
+            features, grid = self.cache.get(item.path)
+        except BagError as exc:  # checked at planning: the file changed during training
+            raise TrainError(
+                f"{item.slide_id}: feature file became unusable during training ({exc}); "
+                "training stopped unfinished: fix or remove the file and run again to resume"
+            ) from None
         if self.train:
             rng = np.random.default_rng([self.seed, self.epoch, index])
             keep = torch.from_numpy(

@@ -277,11 +277,15 @@ class RunCheckpoint(Callback):
         self.folder.mkdir(parents=True, exist_ok=True)
         last = self.folder / LAST_CKPT
         tmp = tmp_path_for(last)
-        trainer.save_checkpoint(tmp)  # collective under DDP; rank 0 writes
-        if trainer.is_global_zero:
-            with open(tmp, "rb+") as handle:
-                os.fsync(handle.fileno())
-            os.replace(tmp, last)
+        try:
+            trainer.save_checkpoint(tmp)  # collective under DDP; rank 0 writes
+            if trainer.is_global_zero:
+                with open(tmp, "rb+") as handle:
+                    os.fsync(handle.fileno())
+                os.replace(tmp, last)
+        except BaseException:
+            tmp.unlink(missing_ok=True)  # a torn checkpoint is never left behind (disk full)
+            raise
         trainer.strategy.barrier("last-checkpoint")
 
     def state_dict(self) -> dict[str, Any]:

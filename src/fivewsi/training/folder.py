@@ -23,6 +23,8 @@ from fivewsi import __version__
 from fivewsi.errors import RunError
 from fivewsi.runs.record import (
     CHECKPOINTS,
+    EVALUATION,
+    EVALUATION_FILES,
     LOGS,
     RUN_FILE,
     SPLIT_FILE,
@@ -69,10 +71,12 @@ def config_diff(stored: dict[str, Any], config: TrainConfig) -> dict[str, tuple[
 
 
 def clear_run(out: Path) -> None:
-    """Remove what a training wrote in ``out`` (before training it again)."""
-    for name in (RUN_FILE, WEIGHTS_FILE, TEXTS_FILE, SPLIT_FILE):
+    """Remove what a training wrote in ``out`` (before training it again), and the
+    evaluations of the old weights (``evaluation/``, a few-shot cell's metrics): results
+    of other weights must never sit beside the new ones."""
+    for name in (RUN_FILE, WEIGHTS_FILE, TEXTS_FILE, SPLIT_FILE, *EVALUATION_FILES):
         (out / name).unlink(missing_ok=True)
-    for name in (CHECKPOINTS, LOGS):
+    for name in (CHECKPOINTS, LOGS, EVALUATION):
         shutil.rmtree(out / name, ignore_errors=True)
 
 

@@ -87,10 +87,12 @@ class FeatureCheck:
 
 
 def check_feature_files(slide_ids: Sequence[str], files: dict[str, Path]) -> FeatureCheck:
-    """Read the attributes of each slide's bag (not its arrays) and sort the slides.
+    """Read and check each slide's bag and sort the slides into usable and broken.
 
-    A bag is broken when it cannot be read, holds no patches, or has another feature size than
-    most bags. Missing and broken slides are logged with a count; the caller skips them.
+    A bag is broken when it cannot be read, holds no patches or a value that is not finite,
+    its coords do not match its features (:func:`fivewsi.features.bags.check_bag`), or it has
+    another feature size than most bags. Missing and broken slides are logged with a count;
+    the caller skips them.
     """
     # Imported here: the features package loads torch (its encoders), which a plan does not need.
     from fivewsi.features.bags import BagError
@@ -132,16 +134,12 @@ def check_feature_files(slide_ids: Sequence[str], files: dict[str, Path]) -> Fea
 
 
 def _bag_shape(path: Path) -> tuple[int, int, dict[str, Any]]:
-    from fivewsi.features.bags import BagError, load_bag, read_bag_attrs
+    """Patches, feature size and attributes of a bag, read and checked by ``load_bag``.
 
-    if path.suffix == ".pt":
-        bag = load_bag(path)
-        return bag.n_patches, bag.dim, {}
-    attrs = read_bag_attrs(path)
-    import h5py
+    The whole bag is read: a NaN or Inf value, a torn array or mismatched coords must be found
+    here, where the slide can be skipped, not in the middle of training.
+    """
+    from fivewsi.features.bags import load_bag
 
-    with h5py.File(path, "r") as handle:
-        if "features" not in handle:
-            raise BagError(f"{path.name}: no 'features' dataset")
-        dim = int(handle["features"].shape[-1])
-    return int(attrs.get("n_patches", 0)), dim, attrs
+    bag = load_bag(path)
+    return bag.n_patches, bag.dim, dict(bag.attrs)

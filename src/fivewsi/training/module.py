@@ -29,6 +29,7 @@ from torch import Tensor
 from fivewsi.cohort.labels import LabelPart
 from fivewsi.model.interfaces import SlideModel, TextAlignedModel
 from fivewsi.model.text import text_encoder_prefixes
+from fivewsi.training.config import TrainError
 from fivewsi.training.data import TrainingBatch
 from fivewsi.training.losses import (
     IGNORE,
@@ -167,8 +168,22 @@ class TrainingModule(L.LightningModule):
             )
             logits = self.model.similarity(output.embedding, texts)
             loss = contrastive_loss(logits, step.targets.to(self.device))
+        if not bool(torch.isfinite(loss.detach())):
+            self._stop_on_non_finite(loss, batch, batch_idx)
         self.log("train/loss", loss, on_step=True, on_epoch=True, batch_size=size, sync_dist=True)
         return loss
+
+    def _stop_on_non_finite(self, loss: Tensor, batch: TrainingBatch, batch_idx: int) -> None:
+        """A NaN or Inf loss would turn every weight into NaN: stop the run, unfinished."""
+        shown = ", ".join(batch.bags.slide_ids[:5]) + (
+            " ..." if len(batch.bags.slide_ids) > 5 else ""
+        )
+        raise TrainError(
+            f"training loss is {float(loss.detach())} (not finite) at epoch "
+            f"{self.current_epoch}, step {batch_idx} (slides {shown}); the run is left "
+            "unfinished and no weights are saved: lower --lr (or check the features) and train "
+            "again with --overwrite"
+        )
 
     # -- validation ---------------------------------------------------------------------------
 

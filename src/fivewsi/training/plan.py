@@ -134,6 +134,8 @@ def make_plan(
             f"{len(check.missing)} without feature files, {len(check.broken)} broken; "
             f"stage {stage!r} needs rows with a {'report_label' if stage == 'reports' else 'label'}"
         )
+    if stage == "classes":
+        _check_class_counts(classes, train_rows, config)
     log.info(
         "%s stage: %d training and %d validation slides (%d test rows left out, %d skipped "
         "for missing or broken features)",
@@ -177,6 +179,27 @@ def _classes(config: TrainConfig, rows: list[CohortRow]) -> list[ClassDescriptio
     if len(names) < 2:
         raise TrainError(f"need at least two classes among the labels of {config.cohort}")
     return [ClassDescription(name, name) for name in names]
+
+
+def _check_class_counts(
+    classes: list[ClassDescription], train_rows: list[CohortRow], config: TrainConfig
+) -> None:
+    """Refuse a class without a training slide (it could never be learnt); warn when a class
+    has fewer slides than the shots asked."""
+    counts = {c.name: 0 for c in classes}
+    for row in train_rows:
+        if row.label in counts:
+            counts[row.label] += 1
+    empty = [name for name, n in counts.items() if n == 0]
+    if empty:
+        where = f" ({config.classes})" if config.classes is not None else ""
+        raise TrainError(
+            f"class{'es' if len(empty) > 1 else ''} {', '.join(repr(n) for n in empty)}"
+            f"{where} ha{'ve' if len(empty) > 1 else 's'} no training slide (after test, "
+            "validation and unusable feature files are left out): label slides of "
+            f"{'them' if len(empty) > 1 else 'it'} or remove {'them' if len(empty) > 1 else 'it'}"
+            " from the classes table"
+        )
 
 
 def _draw_shots(

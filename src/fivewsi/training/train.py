@@ -22,6 +22,7 @@ Example:
 from __future__ import annotations
 
 import datetime
+import errno
 import logging
 import os
 import time
@@ -58,6 +59,7 @@ from fivewsi.training.folder import (
 from fivewsi.training.plan import make_plan, write_split
 from fivewsi.utils import dist
 from fivewsi.utils.atomic import sweep_tmp_files
+from fivewsi.utils.outputs import check_output_folder
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +101,7 @@ def train(config: TrainConfig, *, callbacks: Sequence[Any] = ()) -> TrainResult:
 
     Raises:
         TrainError: nothing to train on, a run folder with other settings, a bad ``init`` run.
+        OutputError: ``config.out`` is a file or cannot be written (checked before training).
     """
     started = time.perf_counter()
     out = config.out
@@ -112,13 +115,51 @@ def train(config: TrainConfig, *, callbacks: Sequence[Any] = ()) -> TrainResult:
             return _result_from_record(
                 out, read_record(out), time.perf_counter() - started, skipped=True
             )
+        check_output_folder(out)  # writable, not a file: before any work
         if state == "overwrite" and rank.is_leader:
             clear_run(out)
         dist.barrier()
-        return _train(config, rank, started, resume=state == "resume", callbacks=callbacks)
+        try:
+            return _train(config, rank, started, resume=state == "resume", callbacks=callbacks)
+        except Exception as exc:
+            if not _disk_full(exc):
+                raise
+            raise TrainError(
+                f"no space left on the device of {out} (or it became read-only) while training: "
+                "the run is left unfinished; free some space and run the same command again to "
+                "resume"
+            ) from None
     finally:
         if grouped:
             dist.destroy_process_group()
+
+
+#: errno values of a file system that cannot take the run's files any more.
+_DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG})
+
+
+def _disk_full(exc: BaseException) -> bool:
+    """Whether ``exc`` (or its cause) is a full, over-quota or read-only file system.
+
+    torch and safetensors report a full disk as their own errors, with the OS's words inside.
+
+    Example:
+        >>> _disk_full(OSError(errno.ENOSPC, "No space left on device"))
+        True
+        >>> _disk_full(RuntimeError("shape mismatch"))
+        False
+    """
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, OSError) and current.errno in _DISK_ERRNOS:
+            return True
+        text = str(current)
+        if "No space left on device" in text or "os error 28" in text or "Disk quota" in text:
+            return True
+        current = current.__cause__ or current.__context__
+    return False
 
 
 def _init_group(config: TrainConfig, rank: dist.ProcessRank) -> bool:
