@@ -16,6 +16,7 @@ only finite values, coordinates ``[N, 2]`` when present. A bag that fails is a
 
 from __future__ import annotations
 
+import io
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -129,21 +130,27 @@ def save_bag(
     coords_attrs: dict[str, Any],
     features_attrs: dict[str, Any] | None = None,
 ) -> Path:
-    """Write a bag atomically (temporary file, then rename) and return its path."""
+    """Write a bag atomically (temporary file, then rename) and return its path.
+
+    The HDF5 file is built in memory and written with plain file I/O: libhdf5 crashes the
+    process (SIGSEGV) when the disk fills under it, whereas a plain write raises ``OSError``
+    (ENOSPC) and the atomic write removes its partial file.
+    """
     features = np.asarray(features, dtype=np.float32)
     coords = np.asarray(coords, dtype=np.int64).reshape(-1, 2)
     if features.ndim != 2 or features.shape[0] != coords.shape[0]:
         raise BagError(f"features {features.shape} and coords {coords.shape} do not match")
     path = Path(path)
-    with atomic_path(path) as tmp, h5py.File(tmp, "w") as handle:
-        dset = handle.create_dataset("features", data=features)
-        for key, value in (features_attrs or {}).items():
-            if value is not None:
-                dset.attrs[key] = value
-        cset = handle.create_dataset("coords", data=coords)
-        for key, value in coords_attrs.items():
-            if value is not None:
-                cset.attrs[key] = value
+    buffer = io.BytesIO()
+    with h5py.File(buffer, "w") as handle:
+        for name, data, attrs in (("features", features, features_attrs or {}),
+                                  ("coords", coords, coords_attrs)):
+            dataset = handle.create_dataset(name, data=data)
+            for key, value in attrs.items():
+                if value is not None:
+                    dataset.attrs[key] = value
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        handle.write(buffer.getbuffer())
     return path
 
 

@@ -35,14 +35,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
 
-import h5py
 import numpy as np
 import torch
 from rich.progress import Progress
 
 from fivewsi import __version__
 from fivewsi.errors import FeatureStageError
-from fivewsi.features.bags import BagError, read_bag_attrs
+from fivewsi.features.bags import read_bag_attrs, save_bag
 from fivewsi.features.config import PreprocessConfig
 from fivewsi.features.extract import embed_patches
 from fivewsi.features.registry import PatchEncoder, create_encoder, get_spec
@@ -56,7 +55,7 @@ from fivewsi.slides.readers import (
 )
 from fivewsi.slides.tiling import Tiling, tile_slide
 from fivewsi.utils import dist
-from fivewsi.utils.atomic import atomic_path, sweep_tmp_files, write_json_atomic, write_text_atomic
+from fivewsi.utils.atomic import sweep_tmp_files, write_json_atomic, write_text_atomic
 from fivewsi.utils.logs import make_progress
 from fivewsi.utils.outputs import (
     NoSpaceError,
@@ -524,33 +523,7 @@ def _save(
     # a write that fails anyway leaves no file behind (save_bag writes a temporary sibling).
     needed = features.size * 4 + tiling.coords.size * 8 + SPACE_MARGIN
     check_free_space(h5.parent, needed, what=f"features of {h5.stem}")
-    _write_bag(h5, features, tiling.coords, coords_attrs, features_attrs)
-
-
-def _write_bag(
-    path: Path,
-    features: np.ndarray,
-    coords: np.ndarray,
-    coords_attrs: dict[str, object],
-    features_attrs: dict[str, object],
-) -> None:
-    """:func:`~fivewsi.features.bags.save_bag`'s file, built in memory and written with plain
-    file I/O: libhdf5 crashes the process (SIGSEGV) when the disk fills under it, whereas a
-    plain write raises ``OSError`` (ENOSPC) and the atomic write removes its partial file."""
-    features = np.asarray(features, dtype=np.float32)
-    coords = np.asarray(coords, dtype=np.int64).reshape(-1, 2)
-    if features.ndim != 2 or features.shape[0] != coords.shape[0]:
-        raise BagError(f"features {features.shape} and coords {coords.shape} do not match")
-    buffer = io.BytesIO()
-    with h5py.File(buffer, "w") as handle:  # the layout of save_bag
-        for name, data, attrs in (("features", features, features_attrs),
-                                  ("coords", coords, coords_attrs)):
-            dataset = handle.create_dataset(name, data=data)
-            for key, value in attrs.items():
-                if value is not None:
-                    dataset.attrs[key] = value
-    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
-        handle.write(buffer.getbuffer())
+    save_bag(h5, features, tiling.coords, coords_attrs, features_attrs)
 
 
 def _magnification(mpp: float) -> float:

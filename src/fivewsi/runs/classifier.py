@@ -301,8 +301,9 @@ def load_model(
     if classes is None:
         if not stored:
             raise RunError(
-                f"{run} was pretrained on reports and has no classes: pass classes "
-                "(a classes CSV with name,description) to classify zero-shot"
+                f"{run} was pretrained on reports and has no classes: give --classes "
+                "(classes= in Python), a classes CSV with name,description, to classify "
+                "zero-shot"
             )
         chosen = stored
     else:
