@@ -67,7 +67,7 @@ def _bags(cohort: FeatureCohort, n: int = 2) -> list[Bag]:
 
 
 def test_zero_shot_from_a_pretrained_run(runs: dict[str, Path], cohort: FeatureCohort) -> None:
-    with pytest.raises(RunError, match="pass classes"):
+    with pytest.raises(RunError, match="give --classes"):
         load_model(runs["pretrained"])
     classifier = load_model(runs["pretrained"], classes=cohort.classes_csv)
     assert classifier.classes == ["LUAD", "LUSC"] and classifier.kind == "text"
