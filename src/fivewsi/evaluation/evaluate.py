@@ -7,8 +7,9 @@ feature file is missing or broken is recorded with its error and left out of the
 slide without a label is skipped and counted.
 
 Files written to ``out`` (atomically): ``metrics.json`` (the run, split, classes and where they
-came from, counts, metrics) and ``predictions.csv`` (``slide_id, label, predicted,
-p_<class>..., error``).
+came from, counts, metrics with calibration metrics, the temperature applied),
+``predictions.csv`` (``slide_id, label, predicted, p_<class>..., error``) and
+``reliability.png`` (the reliability diagram: accuracy against confidence per bin).
 
 Example:
     >>> result = evaluate_run("runs/abmil", "features", "cohort.csv", out="runs/abmil/eval")
@@ -40,6 +41,9 @@ if TYPE_CHECKING:
     from fivewsi.runs.classifier import SlideClassifier
 
 log = logging.getLogger(__name__)
+
+#: The reliability diagram written beside ``metrics.json``.
+RELIABILITY_FILE = "reliability.png"
 
 
 class EvaluationError(EvaluationStageError, ValueError):
@@ -209,6 +213,7 @@ def evaluate_run(
         "failed": failed,
         "n_seen_in_training": len(seen),
         "prediction": "argmax of the class probabilities (no threshold tuning)",
+        "calibration": _calibration_info(classifier),
         "metrics": metrics,
         "fivewsi_version": _version(),
     }
@@ -229,9 +234,10 @@ def evaluate_run(
 
 
 def write_evaluation(result: EvaluationResult, out: str | os.PathLike[str]) -> Path:
-    """Write ``metrics.json`` and ``predictions.csv`` of ``result`` into ``out`` atomically.
+    """Write ``predictions.csv``, ``reliability.png`` and ``metrics.json`` of ``result`` into
+    ``out`` atomically.
 
-    ``predictions.csv`` is written first, so a folder holding ``metrics.json`` is complete.
+    ``metrics.json`` is written last, so a folder holding it is complete.
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -247,8 +253,37 @@ def write_evaluation(result: EvaluationResult, out: str | os.PathLike[str]) -> P
         )
         writer.writerow([s.slide_id, s.label, s.predicted or "", *probs, s.error or ""])
     write_text_atomic(out / "predictions.csv", buffer.getvalue())
+    _write_reliability(result, out)
     write_json_atomic(out / "metrics.json", result.info)
     return out
+
+
+def _calibration_info(classifier: SlideClassifier) -> dict[str, Any]:
+    """How the evaluated probabilities were calibrated: the temperature applied and the run's
+    record of fitting it."""
+    stored = classifier.record.calibration
+    return {
+        "temperature": classifier.temperature,
+        "applied": classifier.temperature != 1.0,
+        "description": classifier.calibration,
+        "fitted": stored.model_dump(mode="json") if stored is not None else None,
+    }
+
+
+def _write_reliability(result: EvaluationResult, out: Path) -> None:
+    """``reliability.png``: the reliability diagram of the predicted slides."""
+    from fivewsi.evaluation.calibration import is_probabilities, write_reliability_diagram
+    from fivewsi.evaluation.metrics import encode_labels
+
+    done = [s for s in result.slides if s.error is None and s.probabilities is not None]
+    if not done:
+        return
+    probs = np.stack([s.probabilities for s in done])
+    if not is_probabilities(probs):
+        return
+    y = encode_labels([s.label for s in done], result.classes)
+    title = f"{result.run.name} on {_split_words(result.split)}"
+    write_reliability_diagram(out / RELIABILITY_FILE, y, probs, title=title)
 
 
 def _select_rows(

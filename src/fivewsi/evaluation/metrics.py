@@ -34,6 +34,16 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
+from fivewsi.evaluation.calibration import (
+    CALIBRATION_METRICS,
+    N_BINS,
+    brier_score,
+    expected_calibration_error,
+    is_probabilities,
+    log_loss,
+    resampled_calibration,
+)
+
 #: Metrics reported for every evaluation; ``balanced_accuracy`` is the headline.
 METRICS = ("balanced_accuracy", "accuracy", "macro_f1", "auc")
 
@@ -81,8 +91,11 @@ def classification_metrics(
         confidence: coverage of the percentile intervals.
 
     Returns:
-        ``{"n", "classes", "accuracy", "balanced_accuracy", "macro_f1", "auc",
-        "confusion_matrix", "bootstrap"}``. Each metric is ``{"value", "ci_low", "ci_high",
+        ``{"n", "classes", "accuracy", "balanced_accuracy", "macro_f1", "auc", "ece",
+        "brier", "log_loss", "confusion_matrix", "bootstrap"}``. ``ece`` (15 bins, top-label),
+        ``brier`` (multi-class) and ``log_loss`` measure calibration
+        (:mod:`fivewsi.evaluation.calibration`); their values are None when ``probabilities``
+        are scores rather than probabilities. Each metric is ``{"value", "ci_low", "ci_high",
         "n_resamples"}``; ``n_resamples`` counts the resamples the interval is made of (AUC
         skips resamples lacking one of the classes present in ``y_true``). AUC is binary with
         ``classes[1]`` as the positive class for two classes, the unweighted mean of
@@ -140,6 +153,7 @@ def classification_metrics(
             "ci_high": high,
             "n_resamples": int(draws.size) if value is not None else 0,
         }
+    result.update(_calibration_metrics(y, probs, samples, alpha))
     result["auc"]["kind"] = (
         f"binary, positive class {classes[1]!r}"
         if n_classes == 2
@@ -154,6 +168,36 @@ def classification_metrics(
         "unit": "slide",
     }
     return result
+
+
+def _calibration_metrics(
+    y: np.ndarray, probs: np.ndarray, samples: dict[str, np.ndarray], alpha: float
+) -> dict[str, dict[str, Any]]:
+    """ECE, Brier score and log-loss (:mod:`fivewsi.evaluation.calibration`) with their
+    bootstrap intervals; values None when ``probs`` are scores, not probabilities."""
+    calibrated = is_probabilities(probs)
+    values = {
+        "ece": expected_calibration_error(y, probs),
+        "brier": brier_score(y, probs),
+        "log_loss": log_loss(y, probs),
+    } if calibrated else {}
+    found: dict[str, dict[str, Any]] = {}
+    for name in CALIBRATION_METRICS:
+        value = values.get(name)
+        draws = samples.get(name, np.empty(0))
+        draws = draws[np.isfinite(draws)]
+        low = high = None
+        if value is not None and draws.size:
+            low, high = np.quantile(draws, [alpha, 1.0 - alpha]).tolist()
+        found[name] = {
+            "value": value,
+            "ci_low": low,
+            "ci_high": high,
+            "n_resamples": int(draws.size) if value is not None else 0,
+        }
+    if calibrated:
+        found["ece"]["bins"] = N_BINS
+    return found
 
 
 def _sk_balanced_accuracy(y: np.ndarray, pred: np.ndarray) -> float:
@@ -187,6 +231,7 @@ def _bootstrap(
     n = probs.shape[0]
     rng = np.random.default_rng(seed)
     out: dict[str, list[np.ndarray]] = {name: [] for name in METRICS}
+    calibrated = is_probabilities(probs)
     done = 0
     while done < n_bootstrap:
         size = min(_CHUNK, n_bootstrap - done)
@@ -196,6 +241,9 @@ def _bootstrap(
         counts = np.bincount(flat, minlength=size * n).reshape(size, n)
         for name, value in resampled_metrics(counts, y, pred, probs, present).items():
             out[name].append(value)
+        if calibrated:
+            for name, value in resampled_calibration(counts, y, probs).items():
+                out.setdefault(name, []).append(value)
         done += size
     return {name: np.concatenate(parts) for name, parts in out.items()}
 

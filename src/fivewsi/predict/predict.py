@@ -9,7 +9,8 @@ Outputs::
 
     OUT/predictions.csv          slide_id, status, error, predicted, p_<class>..., per-question
                                  best category and its probability, draft description,
-                                 n_patches, render_error (text cells guarded by csv_cell)
+                                 n_patches, render_error, calibration (text cells guarded
+                                 by csv_cell; calibration: whether p_<class> are calibrated)
     OUT/heatmaps/<id>/*.png      overlays on the thumbnail: the predicted class, each question
     OUT/geojson/<id>.geojson     patch polygons with every score as a measurement (QuPath)
     OUT/report.html              the self-contained page
@@ -394,7 +395,9 @@ def _write_predictions(
     header = ["slide_id", "status", "error", "predicted"]
     header += [f"p_{c}" for c in classifier.classes]
     header += [col for k in keys for col in (k, f"{k}_probability")]
-    header += ["description", "n_patches", "render_error"]
+    header += ["description", "n_patches", "render_error", "calibration"]
+    # Whether the p_<class> columns are calibrated: the same words on every row.
+    calibration = csv_cell(classifier.calibration)
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(header)
@@ -407,7 +410,7 @@ def _write_predictions(
         for key in keys:
             category, prob = o.attributes.get(key, ("", float("nan")))
             row += [csv_cell(category), f"{prob:.4f}" if category else ""]
-        row += [csv_cell(o.description), o.n_patches, csv_cell(o.render_error)]
+        row += [csv_cell(o.description), o.n_patches, csv_cell(o.render_error), calibration]
         writer.writerow(row)
     write_text_atomic(path, buffer.getvalue())
 
@@ -418,7 +421,10 @@ def _write_page(
     from fivewsi.predict.html import write_report_html
 
     reports = [_slide_report(o, classifier, out) for o in outcomes]
-    summary = {"classes": ", ".join(classifier.classes)}  # the page counts slides itself
+    summary = {  # the page counts slides itself
+        "classes": ", ".join(classifier.classes),
+        "probabilities": classifier.calibration,
+    }
     run_info = {
         "run": str(config.run),
         "model": classifier.model_name,

@@ -30,7 +30,13 @@ from fivewsi.features.bags import Bag
 from fivewsi.model.interfaces import SlideModel, TextAlignedModel
 from fivewsi.model.outputs import bag_batch
 from fivewsi.reports.questions import QuestionSet, load_question_set
-from fivewsi.runs.record import WEIGHTS_FILE, ModelRecord, RunRecord, read_record
+from fivewsi.runs.record import (
+    WEIGHTS_FILE,
+    CalibrationRecord,
+    ModelRecord,
+    RunRecord,
+    read_record,
+)
 from fivewsi.runs.weights import load_text_features, load_weights
 
 log = logging.getLogger(__name__)
@@ -79,7 +85,8 @@ class SlidePrediction:
     """A classifier's output for one slide.
 
     Attributes:
-        probabilities: ``[C]`` class probabilities (softmax of the class scores).
+        probabilities: ``[C]`` class probabilities: ``softmax(logits / T)`` with the run's
+            calibration temperature T (:attr:`SlideClassifier.temperature`; 1 when uncalibrated).
         predicted: the most probable class.
         embedding: ``[E]`` slide embedding.
         patch_attention: ``[N]`` weight of each patch in the slide embedding (sums to 1).
@@ -87,6 +94,7 @@ class SlidePrediction:
         class_attention: ``[N]`` evidence for the predicted class: for FiVE, the prompts'
             attention weighted by how well each prompt's output matches the predicted class's
             description (softmax over prompts); for baselines the patch attention.
+        logits: ``[C]`` the raw class scores, before the temperature (None when not known).
     """
 
     slide_id: str
@@ -96,6 +104,7 @@ class SlidePrediction:
     patch_attention: np.ndarray
     prompt_attention: np.ndarray | None
     class_attention: np.ndarray
+    logits: np.ndarray | None = None
 
 
 class SlideClassifier:
@@ -112,8 +121,13 @@ class SlideClassifier:
         descriptions: Sequence[str],
         record: RunRecord,
         device: str | torch.device = "cpu",
+        temperature: float = 1.0,
     ) -> None:
+        if not temperature > 0:
+            raise RunError(f"the calibration temperature must be positive, got {temperature}")
         self.device = torch.device(device)
+        #: Divides the class scores before the softmax (1: uncalibrated).
+        self.temperature = float(temperature)
         self.model = model.to(self.device).eval()
         self.classes = list(classes)
         self.descriptions = list(descriptions)
@@ -141,6 +155,18 @@ class SlideClassifier:
     def questions(self) -> QuestionSet:
         """The question set the run was trained with (its prompts and fine-grained fields)."""
         return record_questions(self.record)
+
+    @property
+    def calibration(self) -> str:
+        """In words: whether and how :attr:`SlidePrediction.probabilities` are calibrated.
+
+        Example:
+            >>> from fivewsi.runs.record import CalibrationRecord
+            >>> calibration_words(CalibrationRecord(temperature=1.5, fitted_on="val",
+            ...                                     n_slides=12), 1.5)
+            'calibrated: temperature 1.5 fitted on 12 validation slides'
+        """
+        return calibration_words(self.record.calibration, self.temperature)
 
     def logit_scale(self) -> float:
         """The factor FiVE multiplies cosine similarities by before a softmax (1 for baselines)."""
@@ -212,8 +238,8 @@ class SlideClassifier:
         if not bags:
             return []
         output = self.model(bag_batch(bags).to(self.device))
-        logits = self.model.class_logits(output, self.descriptions)
-        probabilities = torch.softmax(logits.float(), dim=1)
+        logits = self.model.class_logits(output, self.descriptions).float()
+        probabilities = torch.softmax(logits / self.temperature, dim=1)
         predicted = probabilities.argmax(1)
         results = []
         for i, bag in enumerate(bags):
@@ -234,6 +260,7 @@ class SlideClassifier:
                     patch_attention=patch,
                     prompt_attention=prompt,
                     class_attention=klass,
+                    logits=logits[i].cpu().numpy(),
                 )
             )
         return results
@@ -322,12 +349,38 @@ def load_model(
     if lazy and isinstance(model, TextAlignedModel):
         assert texts_file is not None
         model.remember_texts(*load_text_features(texts_file))
+    own_classes = [(c.name, c.description) for c in chosen] == [
+        (c.name, c.description) for c in stored
+    ]
+    if record.calibration is not None and not own_classes and record.temperature != 1.0:
+        log.info("%s: other class descriptions than the run's: its temperature is not applied",
+                 run)
     return SlideClassifier(
         model,
         classes=[c.name for c in chosen],
         descriptions=[c.description for c in chosen],
         record=record,
         device=device,
+        # The temperature was fitted on the run's own classes; other descriptions are other
+        # scores, which it was not fitted for.
+        temperature=record.temperature if own_classes else 1.0,
+    )
+
+
+def calibration_words(calibration: CalibrationRecord | None, temperature: float) -> str:
+    """How probabilities made with ``temperature`` under a run's ``calibration`` are calibrated.
+
+    Example:
+        >>> calibration_words(None, 1.0)
+        'uncalibrated (softmax of the class scores)'
+    """
+    not_applied = calibration is not None and temperature == 1.0 != calibration.temperature
+    if calibration is None or calibration.fitted_on == "none" or not_applied:
+        return "uncalibrated (softmax of the class scores)"
+    where = {"val": "validation", "train": "training"}[calibration.fitted_on]
+    return (
+        f"calibrated: temperature {temperature:.4g} fitted on {calibration.n_slides} "
+        f"{where} slides"
     )
 
 

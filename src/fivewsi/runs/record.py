@@ -5,7 +5,7 @@ Layout of ``RUN/``:
 - ``run.json`` — :class:`RunRecord`: status, the training config, the model (architecture +
   validated model arguments, enough to rebuild it), classes and their descriptions, the question
   set, the patch encoder read from the bags, preprocess settings, versions, seed, split, shots,
-  skipped slides and the result.
+  skipped slides, the result and (fine-tuned runs) the calibration temperature.
 - ``model.safetensors`` — the final weights, without frozen pretrained weights (a FiVE run's
   text encoder is recorded by name; LoRA weights are included).
 - ``texts.safetensors`` — text-aligned runs: the text encoder's outputs for the run's own texts
@@ -43,7 +43,7 @@ LOGS = "logs"
 #: Where ``fivewsi evaluate`` writes by default (``RUN/evaluation/SPLIT``).
 EVALUATION = "evaluation"
 #: What an evaluation writes; the few-shot grid writes them at the top of each cell's run.
-EVALUATION_FILES = ("metrics.json", "predictions.csv")
+EVALUATION_FILES = ("metrics.json", "predictions.csv", "reliability.png")
 
 #: Version of the ``run.json`` layout this code writes; older layouts are converted on reading.
 RUN_FORMAT = 2
@@ -85,6 +85,27 @@ class ModelRecord(BaseModel):
         return ModelTask(self.in_dim, self.n_classes, tuple(self.questions))
 
 
+class CalibrationRecord(BaseModel):
+    """The temperature a fine-tuned run divides its class scores by before the softmax.
+
+    Attributes:
+        temperature: T (1: probabilities are the plain softmax of the scores).
+        fitted_on: ``"val"`` (the run's validation slides), ``"train"`` (its training slides:
+            no validation slides; T is then kept ≥ 1) or ``"none"`` (too few slides or a single
+            class: T = 1).
+        n_slides: slides T was fitted on.
+        nll_before / nll_after: mean negative log-likelihood of those slides at T = 1 / at T.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    temperature: float = Field(1.0, gt=0)
+    fitted_on: Literal["val", "train", "none"] = "none"
+    n_slides: int = Field(0, ge=0)
+    nll_before: float | None = None
+    nll_after: float | None = None
+
+
 class RunRecord(BaseModel):
     """The contents of ``run.json``.
 
@@ -115,10 +136,17 @@ class RunRecord(BaseModel):
     skipped_slides: dict[str, Any] = Field(default_factory=dict)
     texts_file: str | None = None
     result: dict[str, Any] | None = None
+    #: Fine-tuned runs: the fitted temperature; None (older runs, pretrained runs) means T = 1.
+    calibration: CalibrationRecord | None = None
 
     @property
     def finished_ok(self) -> bool:
         return self.status == "finished"
+
+    @property
+    def temperature(self) -> float:
+        """The temperature of the class scores (1 when the run has no calibration)."""
+        return self.calibration.temperature if self.calibration is not None else 1.0
 
 
 def read_record(run: str | os.PathLike[str]) -> RunRecord:

@@ -4,7 +4,8 @@ Three jobs, three modules: :mod:`~fivewsi.training.folder` (the run folder: new,
 finished, refused; its record), :mod:`~fivewsi.training.plan` (cohort → training and validation
 slides) and :mod:`~fivewsi.training.fit` (Lightning: loaders, Trainer, checkpoints). This module
 runs them in order and saves the finished run: ``model.safetensors``, ``texts.safetensors``
-(text-aligned models) and the finished ``run.json``.
+(text-aligned models) and the finished ``run.json``; a fine-tuned run's ``run.json`` carries the
+temperature fitted on its held-in slides (:func:`calibrate`).
 
 Runs are resumable: ``RUN/checkpoints/last.ckpt`` is written atomically after every epoch and a
 rerun with the same settings continues from it exactly (same weights as an uninterrupted run
@@ -31,16 +32,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from fivewsi.model.interfaces import TextAlignedModel
 from fivewsi.model.registry import get_model_spec
+from fivewsi.runs.calibration import MIN_TEMPERATURE
 from fivewsi.runs.classifier import build_model, own_texts
 from fivewsi.runs.record import (
     CHECKPOINTS,
     SPLIT_FILE,
     TEXTS_FILE,
     WEIGHTS_FILE,
+    CalibrationRecord,
     RunRecord,
     read_record,
     write_record,
@@ -56,7 +60,7 @@ from fivewsi.training.folder import (
     new_record,
     run_state,
 )
-from fivewsi.training.plan import make_plan, write_split
+from fivewsi.training.plan import Plan, make_plan, write_split
 from fivewsi.utils import dist
 from fivewsi.utils.atomic import sweep_tmp_files
 from fivewsi.utils.outputs import check_output_folder
@@ -243,6 +247,8 @@ def _train(
             load_weights(model, fitted.best_weights)  # model selection on validation, never test
         save_weights(model, out / WEIGHTS_FILE)
         texts = _save_texts(model, record, out)
+        if plan.stage == "classes":
+            record = record.model_copy(update={"calibration": calibrate(model, plan, record)})
         result = {
             "epochs": fitted.epochs,
             "monitor": fitted.monitor,
@@ -260,6 +266,60 @@ def _train(
     )
     _log_summary(summary, config)
     return summary
+
+
+def calibrate(model: Any, plan: Plan, record: RunRecord) -> CalibrationRecord:
+    """Fit the temperature of a fine-tuned model's class scores on held-in slides.
+
+    The validation slides when the run has any; else the training slides, with T kept ≥ 1
+    (fitted scores are over-confident if anything). T = 1 (``fitted_on="none"``) with fewer
+    than :data:`~fivewsi.runs.calibration.MIN_SLIDES` usable slides or a single class.
+    """
+    from fivewsi.runs.calibration import fit_temperature
+    from fivewsi.runs.classifier import SlideClassifier
+    from fivewsi.runs.loop import predict_files
+
+    fitted_on = "val" if plan.val else "train"
+    items = plan.val or plan.train
+    device = next(iter(model.parameters()), torch.empty(0)).device
+    classifier = SlideClassifier(
+        model,
+        classes=[c.name for c in plan.classes],
+        descriptions=[c.description for c in plan.classes],
+        record=record,
+        device=device,
+    )
+    targets = {i.slide_id: i.target for i in items}
+    logits, labels = [], []
+    for result in predict_files(classifier, [(i.slide_id, i.path) for i in items]):
+        target = targets[result.slide_id]
+        if result.prediction is None or result.prediction.logits is None or target is None:
+            continue
+        logits.append(result.prediction.logits)
+        labels.append(target)
+    n_classes = len(plan.classes)
+    found = fit_temperature(
+        np.asarray(logits, dtype=np.float64).reshape(len(logits), n_classes),
+        np.asarray(labels, dtype=np.int64),
+        min_temperature=1.0 if fitted_on == "train" else MIN_TEMPERATURE,
+    )
+    calibration = CalibrationRecord(
+        temperature=found.temperature,
+        fitted_on=fitted_on if found.fitted else "none",
+        n_slides=found.n_slides,
+        nll_before=found.nll_before,
+        nll_after=found.nll_after,
+    )
+    log.info(
+        "calibration: temperature %.4g fitted on %d %s slides (NLL %s → %s)",
+        calibration.temperature, calibration.n_slides, calibration.fitted_on,
+        _num(calibration.nll_before), _num(calibration.nll_after),
+    )
+    return calibration
+
+
+def _num(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
 
 
 def _save_texts(model: Any, record: RunRecord, out: Path) -> str | None:

@@ -1,0 +1,182 @@
+"""Calibration of class probabilities: ECE, Brier score, log-loss and the reliability diagram.
+
+- **ECE** (expected calibration error, top-label): the slides are put in 15 equal-width bins of
+  their confidence (the highest probability); ECE is the slide-weighted mean over bins of
+  |accuracy − mean confidence|. 0 is perfect.
+- **Brier score** (multi-class): mean over slides of Σ_c (p_c − 1[y = c])²; between 0 and 2.
+  For two classes it is twice scikit-learn's binary ``brier_score_loss``.
+- **Log-loss**: mean over slides of −log p_y (p clipped to [1e-15, 1]), scikit-learn's
+  ``log_loss``.
+
+Each is a weighted mean over slides, so a bootstrap resample (slide multiplicities) gives its
+value exactly (:func:`resampled_calibration`).
+
+Example:
+    >>> import numpy as np
+    >>> probs = np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.3, 0.7]])
+    >>> y = np.array([0, 1, 0, 0])
+    >>> round(brier_score(y, probs), 4), round(log_loss(y, probs), 4)
+    (0.35, 0.5108)
+    >>> round(expected_calibration_error(y, probs), 4)
+    0.35
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+
+import numpy as np
+
+#: Calibration metrics of ``metrics.json`` (lower is better for all three).
+CALIBRATION_METRICS = ("ece", "brier", "log_loss")
+#: Equal-width confidence bins of the ECE and the reliability diagram.
+N_BINS = 15
+_EPS = 1e-15
+
+
+def is_probabilities(probs: np.ndarray, *, tol: float = 1e-4) -> bool:
+    """Whether the rows of ``probs`` are probability vectors (in [0, 1], summing to 1)."""
+    probs = np.asarray(probs, dtype=np.float64)
+    return bool(
+        probs.ndim == 2 and (probs >= -tol).all() and (probs <= 1 + tol).all()
+        and np.allclose(probs.sum(axis=1), 1.0, atol=tol)
+    )
+
+
+def confidence_bins(probs: np.ndarray, n_bins: int = N_BINS) -> np.ndarray:
+    """Bin (0 … ``n_bins`` − 1) of each slide's confidence; bins are (i/n, (i+1)/n], bin 0
+    also holding confidence 0."""
+    confidence = np.asarray(probs, dtype=np.float64).max(axis=1)
+    # rounded first: 0.8 * 15 is 12.000000000000002 in floating point, yet 0.8 ends bin 11
+    edges = np.ceil(np.round(confidence * n_bins, 9)).astype(np.int64)
+    return np.clip(edges - 1, 0, n_bins - 1)
+
+
+def per_slide(y: np.ndarray, probs: np.ndarray) -> dict[str, np.ndarray]:
+    """Each slide's Brier term, log-loss term, confidence and correctness."""
+    probs = np.asarray(probs, dtype=np.float64)
+    onehot = np.zeros_like(probs)
+    onehot[np.arange(len(y)), y] = 1.0
+    p_true = np.clip(probs[np.arange(len(y)), y], _EPS, 1.0)
+    return {
+        "brier": ((probs - onehot) ** 2).sum(axis=1),
+        "log_loss": -np.log(p_true),
+        "confidence": probs.max(axis=1),
+        "correct": (probs.argmax(axis=1) == y).astype(np.float64),
+    }
+
+
+def brier_score(y: np.ndarray, probs: np.ndarray) -> float:
+    """Multi-class Brier score (see the module)."""
+    return float(per_slide(np.asarray(y), probs)["brier"].mean())
+
+
+def log_loss(y: np.ndarray, probs: np.ndarray) -> float:
+    """Mean −log p of the true class (see the module)."""
+    return float(per_slide(np.asarray(y), probs)["log_loss"].mean())
+
+
+def expected_calibration_error(y: np.ndarray, probs: np.ndarray, n_bins: int = N_BINS) -> float:
+    """Top-label ECE over ``n_bins`` equal-width confidence bins (see the module)."""
+    once = np.ones((1, len(y)))
+    return float(resampled_calibration(once, np.asarray(y), probs, n_bins)["ece"][0])
+
+
+def resampled_calibration(
+    counts: np.ndarray, y: np.ndarray, probs: np.ndarray, n_bins: int = N_BINS
+) -> dict[str, np.ndarray]:
+    """ECE, Brier and log-loss of resamples given as slide multiplicities ``counts`` ``[B, n]``."""
+    weights = np.asarray(counts, dtype=np.float64)
+    terms = per_slide(y, probs)
+    total = weights.sum(axis=1)
+    bins = np.zeros((len(y), n_bins))
+    bins[np.arange(len(y)), confidence_bins(probs, n_bins)] = 1.0
+    gap = weights @ (bins * (terms["correct"] - terms["confidence"])[:, None])  # [B, bins]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return {
+            "ece": np.abs(gap).sum(axis=1) / total,
+            "brier": weights @ terms["brier"] / total,
+            "log_loss": weights @ terms["log_loss"] / total,
+        }
+
+
+def reliability_table(y: np.ndarray, probs: np.ndarray, n_bins: int = N_BINS) -> list[dict]:
+    """Per confidence bin: its range, slide count, mean confidence and accuracy (None if empty)."""
+    terms = per_slide(np.asarray(y), probs)
+    index = confidence_bins(probs, n_bins)
+    rows = []
+    for b in range(n_bins):
+        inside = index == b
+        count = int(inside.sum())
+        rows.append({
+            "low": b / n_bins, "high": (b + 1) / n_bins, "n": count,
+            "confidence": float(terms["confidence"][inside].mean()) if count else None,
+            "accuracy": float(terms["correct"][inside].mean()) if count else None,
+        })
+    return rows
+
+
+def write_reliability_diagram(
+    path: str | os.PathLike[str],
+    y: np.ndarray,
+    probs: np.ndarray,
+    *,
+    title: str = "",
+    n_bins: int = N_BINS,
+) -> Path:
+    """Draw the reliability diagram as a PNG at ``path`` (atomically).
+
+    Accuracy per confidence bin as bars (the bin's slide count above each bar), each bin's mean
+    confidence as a dot, the diagonal of perfect calibration, and the ECE in the title. Drawn
+    with Pillow (a dependency already), so no plotting library is needed.
+    """
+    from PIL import Image, ImageDraw, ImageFont
+
+    from fivewsi.utils.atomic import atomic_path
+
+    y = np.asarray(y)
+    ece = expected_calibration_error(y, probs, n_bins)
+    rows = reliability_table(y, probs, n_bins)
+    width, height, left, right, top, bottom = 640, 560, 70, 20, 60, 60
+    image = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(image)
+    font = ImageFont.load_default()
+    plot_w, plot_h = width - left - right, height - top - bottom
+
+    def at(x: float, v: float) -> tuple[float, float]:
+        return left + x * plot_w, top + (1.0 - v) * plot_h
+
+    for tick in np.linspace(0, 1, 6):
+        x0, y0 = at(tick, 0)
+        draw.line([at(0, tick), at(1, tick)], fill=(225, 225, 225))
+        draw.text((x0 - 8, y0 + 6), f"{tick:.1f}", fill="black", font=font)
+        draw.text((left - 30, at(0, tick)[1] - 6), f"{tick:.1f}", fill="black", font=font)
+    for row in rows:
+        if not row["n"]:
+            continue
+        x_low, y_bar = at(row["low"], row["accuracy"])
+        x_high, y_base = at(row["high"], 0)
+        draw.rectangle([x_low + 1, y_bar, x_high - 1, y_base], fill=(90, 130, 200),
+                       outline=(40, 70, 140))
+        label = str(row["n"])
+        draw.text(((x_low + x_high) / 2 - 3 * len(label), y_bar - 14), label, fill="black",
+                  font=font)
+        cx, cy = at(row["confidence"], row["confidence"])
+        draw.ellipse([cx - 3, cy - 3, cx + 3, cy + 3], fill=(200, 60, 60))
+    draw.line([at(0, 0), at(1, 1)], fill=(120, 120, 120), width=2)
+    draw.rectangle([left, top, left + plot_w, top + plot_h], outline="black")
+    heading = f"{title}  ECE {ece:.3f} ({len(y)} slides, {n_bins} bins)".strip()
+    draw.text((left, 15), heading, fill="black", font=font)
+    draw.text((left, 32), "bars: accuracy per bin (slide count above); red dot: mean confidence;"
+              " grey: perfect calibration", fill=(80, 80, 80), font=font)
+    draw.text((left + plot_w / 2 - 80, height - 30), "confidence (top-label probability)",
+              fill="black", font=font)
+    draw.text((8, top - 18), "accuracy", fill="black", font=font)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(buffer.getvalue())
+    return path
