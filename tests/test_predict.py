@@ -80,6 +80,11 @@ def test_predict_slides_and_feature_files_with_a_broken_slide(setup: dict[str, P
         assert "vascular_invasion" in geo["features"][0]["properties"]["measurements"]
     page = (out / "report.html").read_text()
     assert "broken" in page and "s0" in page and "<table" in page
+    # the page and the CSV say whether (and how) the probabilities are calibrated
+    stored = json.loads((setup["run"] / "run.json").read_text())["calibration"]
+    assert stored["fitted_on"] == "train" and stored["n_slides"] == 4  # no validation slides
+    words = f"calibrated: temperature {stored['temperature']:.4g} fitted on 4 training slides"
+    assert rows["s0"]["calibration"] == words and words in page
     # finished features are reused: the slide is not embedded again on a rerun
     h5 = out / "features" / "s0.h5"
     stamp = h5.stat().st_mtime_ns
