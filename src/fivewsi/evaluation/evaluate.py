@@ -260,12 +260,16 @@ def write_evaluation(result: EvaluationResult, out: str | os.PathLike[str]) -> P
 
 def _calibration_info(classifier: SlideClassifier) -> dict[str, Any]:
     """How the evaluated probabilities were calibrated: the temperature applied and the run's
-    record of fitting it."""
-    stored = classifier.record.calibration
+    record of fitting it (any classifier-like object: without them, T = 1)."""
+    from fivewsi.runs.classifier import calibration_words
+
+    record = getattr(classifier, "record", None)
+    stored = getattr(record, "calibration", None)
+    temperature = float(getattr(classifier, "temperature", 1.0))
     return {
-        "temperature": classifier.temperature,
-        "applied": classifier.temperature != 1.0,
-        "description": classifier.calibration,
+        "temperature": temperature,
+        "applied": temperature != 1.0,
+        "description": calibration_words(stored, temperature),
         "fitted": stored.model_dump(mode="json") if stored is not None else None,
     }
 
