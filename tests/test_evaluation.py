@@ -298,6 +298,10 @@ def test_fewshot_tables_cover_models_run_by_another_process(grid: FewshotConfig)
     result = run_fewshot(other)
     assert [c.model for c in result.cells] == ["mean", "mean"]
     assert result.models == ["mean", "abmil"]
+    paired = list(csv.DictReader(grid.out.joinpath("fewshot_paired.csv").open()))
+    headline = [r for r in paired if (r["k"], r["metric"]) == ("1", "balanced_accuracy")]
+    assert len(headline) == 1 and headline[0]["n_pairs"] == "2"  # the worse of the two baselines
+    assert {headline[0]["model"], headline[0]["baseline"]} == {"abmil", "mean"}
     rows = {(r.model, r.k) for r in result.table if r.metric == "balanced_accuracy"}
     assert rows == {("mean", 1), ("abmil", 1)}  # abmil k=2 is not a shot of this call
     assert "| abmil |" in result.markdown.read_text()

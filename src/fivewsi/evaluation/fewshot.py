@@ -17,7 +17,10 @@ smallest class), and a column whose runs had fewer is titled by what was used
 
 Results: ``OUT/fewshot.csv`` (long format: model, k, k_used, metric, mean, sd, n_seeds,
 values), ``OUT/fewshot.md`` (a table per metric, rows models, columns k, best mean per column
-in bold), ``OUT/cells.csv`` (one line per cell with its metrics, status and timings).
+in bold; then, for balanced accuracy and AUC, each model's paired difference from the best
+label-only baseline at each k with a 95 % interval, see :func:`paired_differences`),
+``OUT/fewshot_paired.csv`` (those differences, long format) and ``OUT/cells.csv`` (one line per
+cell with its metrics, status and timings).
 
 Example:
     >>> config = FewshotConfig(features="feats", cohort="cohort.csv", classes="classes.csv",
@@ -286,6 +289,34 @@ class TableRow:
     n_seeds: int
     values: list[float]
     k_used: int | None = None  # fewest labelled training slides per class in any seed's run
+    seeds: list[int | None] = field(default_factory=list)  # the seed of each of ``values``
+
+
+#: Metrics of the paired comparison with the best label-only baseline.
+PAIRED_METRICS = ("balanced_accuracy", "auc")
+#: Confidence of the paired intervals.
+PAIRED_CONFIDENCE = 0.95
+
+
+@dataclass
+class PairedRow:
+    """One model's difference from the best label-only baseline at one k, for one metric.
+
+    ``differences`` are (model − baseline) per seed, over the seeds both have values for (same
+    seed: same shots, same initialisation draw, same test slides); ``mean`` is their mean and
+    ``low``/``high`` the Student-t interval of that mean (None with fewer than 2 pairs).
+    """
+
+    model: str
+    k: int
+    metric: str
+    baseline: str
+    mean: float
+    low: float | None
+    high: float | None
+    n_pairs: int
+    differences: list[float]
+    seeds: list[int]
 
 
 @dataclass
@@ -367,6 +398,7 @@ def run_fewshot(config: FewshotConfig) -> FewshotResult:
     table = summarize([*cells, *others])
     csv_path, md_path = config.out / "fewshot.csv", config.out / "fewshot.md"
     write_text_atomic(csv_path, table_csv(table))
+    write_text_atomic(config.out / "fewshot_paired.csv", paired_csv(paired_differences(table)))
     write_text_atomic(md_path, table_markdown(table, n_seeds=len(config.seeds)))
     result = FewshotResult(
         out=config.out,
@@ -549,9 +581,154 @@ def summarize(cells: Sequence[FewshotCell]) -> list[TableRow]:
                 else None
             )
             used = [c.k_used for c in group if c.k_used is not None]
+            seeds = [c.seed for c in group if c.metrics.get(metric) is not None]
             rows.append(TableRow(model, k, metric, mean, sd, len(values), values,
-                                 min(used) if used else None))
+                                 min(used) if used else None, seeds))
     return rows
+
+
+def label_only_models(models: Sequence[str]) -> list[str]:
+    """The names in ``models`` that are registered label-only models (the baselines).
+
+    Example:
+        >>> label_only_models(["five", "abmil", "not-a-model"])
+        ['abmil']
+    """
+    from fivewsi.model.registry import list_models
+
+    registered = list_models()
+    return [m for m in models if m in registered and not registered[m].text_aligned]
+
+
+def paired_differences(
+    table: Sequence[TableRow],
+    baselines: Sequence[str] | None = None,
+    *,
+    metrics: Sequence[str] = PAIRED_METRICS,
+    confidence: float = PAIRED_CONFIDENCE,
+) -> list[PairedRow]:
+    """Each model's paired difference from the best label-only baseline, per k and metric.
+
+    At each k (k ≥ 1) and metric, the baseline is the model of ``baselines`` (default: the
+    registered label-only models in ``table``) with the best mean over seeds; it is picked
+    after the fact, which favours the baseline. Every other model is paired with it seed by
+    seed — the grid draws the same k slides per class for every model with a given seed and
+    tests every model on the same test slides — and the interval is the Student-t interval of
+    the mean paired difference: ``mean ± t(1 − α/2, n − 1) · sd / √n`` over the n seeds both
+    have values for (sd: sample sd of the differences). It reflects the variation between
+    seeds (shot draws and training), not the finite test set. Models without a paired seed
+    are left out; with one pair the interval is None.
+
+    Example:
+        >>> rows = [TableRow("five", 1, "auc", 0.8, None, 3, [0.8, 0.9, 0.7], seeds=[0, 1, 2]),
+        ...         TableRow("abmil", 1, "auc", 0.6, None, 3, [0.6, 0.7, 0.5], seeds=[0, 1, 2])]
+        >>> [(r.model, r.baseline, round(r.mean, 3), r.low is not None)
+        ...  for r in paired_differences(rows, ["abmil"])]
+        [('five', 'abmil', 0.2, True)]
+    """
+    from scipy import stats
+
+    if baselines is None:
+        baselines = label_only_models(list(dict.fromkeys(r.model for r in table)))
+    rows: list[PairedRow] = []
+    for metric in metrics:
+        by_cell = {(r.model, r.k): r for r in table if r.metric == metric and r.k > 0}
+        for k in sorted({kk for _, kk in by_cell}):
+            candidates = [by_cell[(b, k)] for b in baselines
+                          if (b, k) in by_cell and by_cell[(b, k)].mean is not None]
+            if not candidates:
+                continue
+            best = max(candidates, key=lambda r: r.mean)  # type: ignore[arg-type, return-value]
+            base = {s: v for s, v in zip(best.seeds, best.values, strict=False) if s is not None}
+            for (model, kk), row in by_cell.items():
+                if kk != k or model == best.model:
+                    continue
+                pairs = [(s, v - base[s]) for s, v in zip(row.seeds, row.values, strict=False)
+                         if s in base]
+                if not pairs:
+                    continue
+                pairs.sort()
+                diffs = [d for _, d in pairs]
+                n = len(diffs)
+                mean = sum(diffs) / n
+                low = high = None
+                if n > 1:
+                    sd = math.sqrt(sum((d - mean) ** 2 for d in diffs) / (n - 1))
+                    half = float(stats.t.ppf(0.5 + confidence / 2, n - 1)) * sd / math.sqrt(n)
+                    low, high = mean - half, mean + half
+                rows.append(PairedRow(model, k, metric, best.model, mean, low, high, n, diffs,
+                                      [int(s) for s, _ in pairs if s is not None]))
+    return rows
+
+
+def paired_csv(rows: Sequence[PairedRow]) -> str:
+    """The long-format CSV of :func:`paired_differences` (``differences`` joined by ``;``)."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["model", "k", "metric", "baseline", "mean_difference", "ci_low", "ci_high",
+                     "n_pairs", "seeds", "differences"])
+    for r in rows:
+        writer.writerow([
+            r.model, r.k, r.metric, r.baseline, _num(r.mean), _num(r.low), _num(r.high),
+            r.n_pairs, ";".join(map(str, r.seeds)), ";".join(f"{d:.6g}" for d in r.differences),
+        ])
+    return buffer.getvalue()
+
+
+def paired_markdown(rows: Sequence[PairedRow], models: Sequence[str] | None = None) -> str:
+    """Markdown tables of :func:`paired_differences`: per metric, rows models, columns k,
+    ``+d [low, high]`` in percentage points, ``*`` where the interval excludes 0.
+
+    Example:
+        >>> rows = [PairedRow("five", 1, "auc", "abmil", 0.2, 0.1, 0.3, 3, [0.1, 0.2, 0.3],
+        ...                   [0, 1, 2])]
+        >>> print(paired_markdown(rows).splitlines()[-1])
+        | five | +20.0 [+10.0, +30.0] * |
+    """
+    if not rows:
+        return ""
+    order = list(models) if models is not None else []
+    order += [m for m in dict.fromkeys(r.model for r in rows) if m not in order]
+    shots = sorted({r.k for r in rows})
+    level = f"{100 * PAIRED_CONFIDENCE:g} %"
+    lines = [
+        "",
+        "## Paired differences from the best label-only baseline",
+        "",
+        "Difference from the label-only model with the best mean at that k (named in the "
+        "first row; picked after the fact, which favours it), in percentage points: mean over "
+        "seeds of (model − baseline), each seed giving both the same k shots and the same test "
+        f"slides, with a {level} Student-t interval over the paired seed differences "
+        "(mean ± t(0.975, n − 1) · sd / √n, n = seeds with both; it reflects seed-to-seed "
+        "variation, not the finite test set). `*`: the interval excludes 0. No interval with "
+        "one pair.",
+    ]
+    for metric in [m for m in PAIRED_METRICS if any(r.metric == m for r in rows)] + sorted(
+        {r.metric for r in rows} - set(PAIRED_METRICS)
+    ):
+        mine = {(r.model, r.k): r for r in rows if r.metric == metric}
+        baseline = {r.k: r.baseline for r in rows if r.metric == metric}
+        lines += ["", f"### {metric}", "",
+                  "| model | " + " | ".join(f"k={k}" for k in shots) + " |",
+                  "|---|" + "---:|" * len(shots),
+                  "| *baseline* | " + " | ".join(baseline.get(k, "") for k in shots) + " |"]
+        for model in order:
+            if not any(m == model for m, _ in mine):
+                continue
+            cells = []
+            for k in shots:
+                row = mine.get((model, k))
+                if row is None:
+                    cells.append("")
+                    continue
+                text = f"{100 * row.mean:+.1f}"
+                if row.low is not None and row.high is not None:
+                    text += f" [{100 * row.low:+.1f}, {100 * row.high:+.1f}]"
+                    if row.low > 0 or row.high < 0:
+                        text += " *"
+                cells.append(text)
+            lines.append(f"| {model} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def table_csv(table: Sequence[TableRow]) -> str:
@@ -568,8 +745,15 @@ def table_csv(table: Sequence[TableRow]) -> str:
     return buffer.getvalue()
 
 
-def table_markdown(table: Sequence[TableRow], *, n_seeds: int | None = None) -> str:
-    """One markdown table per metric: rows models, columns k, ``mean ± sd`` in %, best bold.
+def table_markdown(
+    table: Sequence[TableRow],
+    *,
+    n_seeds: int | None = None,
+    baselines: Sequence[str] | None = None,
+) -> str:
+    """One markdown table per metric: rows models, columns k, ``mean ± sd`` in %, best bold;
+    then the paired differences from the best label-only baseline (:func:`paired_markdown`;
+    ``baselines`` as in :func:`paired_differences`), when the table has a baseline.
 
     Example:
         >>> rows = [TableRow("a", 1, "auc", 0.7, 0.1, 2, [0.6, 0.8]),
@@ -612,7 +796,8 @@ def table_markdown(table: Sequence[TableRow], *, n_seeds: int | None = None) -> 
                     text = f"**{text}**"
                 cells.append(text)
             lines.append(f"| {model} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+    text = "\n".join(lines) + "\n"
+    return text + paired_markdown(paired_differences(table, baselines), models)
 
 
 def k_label(k: int, table: Sequence[TableRow]) -> str:
