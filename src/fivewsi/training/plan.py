@@ -9,7 +9,9 @@ Which slides train:
 - Rows whose ``split`` is ``test`` are never read, neither for training nor for model
   selection. Rows without a split count as training rows.
 - Validation: rows with ``split == "val"``; otherwise (not few-shot) a ``val_fraction`` of the
-  training rows, stratified by class.
+  training rows, stratified by class. A few-shot run (``shots``) uses no ``val`` rows unless
+  ``val_rows=True``: its only labelled slides are its shots. ``val_rows=False`` leaves them
+  out of any run.
 
 No torch here: a plan is made (and its errors found) before any model is built.
 
@@ -121,7 +123,8 @@ def make_plan(
         return SlideItem(row.slide_id, path, target, report_index.get(row.slide_id), n)
 
     train_rows = [r for r in pool if r.split in (None, "train")]
-    val_rows = [r for r in pool if r.split == "val"]
+    use_val_rows = config.val_rows if config.val_rows is not None else config.shots is None
+    val_rows = [r for r in pool if r.split == "val"] if use_val_rows else []
     if config.shots is not None:
         train_rows = _draw_shots(train_rows, classes, config.shots, config.seed)
     val_source = "split" if val_rows else "none"
