@@ -290,6 +290,39 @@ def check_labels(rows: Iterable[CohortRow], classes: Sequence[ClassDescription |
         raise CohortError(f"labels not among the classes {names}: {'; '.join(parts)}")
 
 
+def check_patient_labels(rows: Sequence[CohortRow]) -> None:
+    """Refuse patients whose labelled slides carry different labels (a patient is one unit
+    of splits, shots and patient-level metrics).
+
+    Raises:
+        CohortError: naming each such patient with its labels.
+
+    Example:
+        >>> check_patient_labels([CohortRow("a", "LUAD", None, None, "p1"),
+        ...                       CohortRow("b", "LUSC", None, None, "p1")])
+        ... # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        fivewsi.cohort.table.CohortError: 1 patient has ...: 'p1' (a: LUAD, b: LUSC)
+    """
+    slides: dict[str, list[CohortRow]] = {}
+    for row in rows:
+        if row.patient_id is not None and row.label is not None:
+            slides.setdefault(row.patient_id, []).append(row)
+    mixed = {p: members for p, members in slides.items()
+             if len({r.label for r in members}) > 1}
+    if mixed:
+        parts = []
+        for patient, members in sorted(mixed.items())[:10]:
+            shown = ", ".join(f"{r.slide_id}: {r.label}" for r in members[:6])
+            parts.append(f"{patient!r} ({shown}{', ...' if len(members) > 6 else ''})")
+        more = f"; ... and {len(mixed) - 10} more" if len(mixed) > 10 else ""
+        raise CohortError(
+            f"{len(mixed)} patient{'s have' if len(mixed) > 1 else ' has'} slides of different "
+            f"labels (a patient must have one label): {'; '.join(parts)}{more}"
+        )
+
+
 # --- helpers -------------------------------------------------------------------------------
 
 

@@ -42,9 +42,9 @@ import numpy as np
 from fivewsi.cohort.labels import LabelPart, parse_report_label
 from fivewsi.cohort.table import (
     ClassDescription,
-    CohortError,
     CohortRow,
     check_labels,
+    check_patient_labels,
     read_classes,
     read_cohort,
 )
@@ -209,39 +209,6 @@ def _check_class_counts(
             "validation and unusable feature files are left out): label slides of "
             f"{'them' if len(empty) > 1 else 'it'} or remove {'them' if len(empty) > 1 else 'it'}"
             " from the classes table"
-        )
-
-
-def check_patient_labels(rows: Sequence[CohortRow]) -> None:
-    """Refuse patients whose labelled slides carry different labels (a patient is one unit
-    of splits, shots and patient-level metrics).
-
-    Raises:
-        CohortError: naming each such patient with its labels.
-
-    Example:
-        >>> check_patient_labels([CohortRow("a", "LUAD", None, None, "p1"),
-        ...                       CohortRow("b", "LUSC", None, None, "p1")])
-        ... # doctest: +ELLIPSIS
-        Traceback (most recent call last):
-        ...
-        fivewsi.cohort.table.CohortError: 1 patient has ...: 'p1' (a: LUAD, b: LUSC)
-    """
-    slides: dict[str, list[CohortRow]] = {}
-    for row in rows:
-        if row.patient_id is not None and row.label is not None:
-            slides.setdefault(row.patient_id, []).append(row)
-    mixed = {p: members for p, members in slides.items()
-             if len({r.label for r in members}) > 1}
-    if mixed:
-        parts = []
-        for patient, members in sorted(mixed.items())[:10]:
-            shown = ", ".join(f"{r.slide_id}: {r.label}" for r in members[:6])
-            parts.append(f"{patient!r} ({shown}{', ...' if len(members) > 6 else ''})")
-        more = f"; ... and {len(mixed) - 10} more" if len(mixed) > 10 else ""
-        raise CohortError(
-            f"{len(mixed)} patient{'s have' if len(mixed) > 1 else ' has'} slides of different "
-            f"labels (a patient must have one label): {'; '.join(parts)}{more}"
         )
 
 
