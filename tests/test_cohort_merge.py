@@ -193,3 +193,15 @@ def test_merge_properties(slide_ids, reports):
     assert set(summary.unmatched_reports) == set(reports) - set(slide_ids)
     assert summary.n_failed_reports == sum(reports[s][1] == "failed" for s in slide_ids
                                            if s in reports)
+
+
+def test_merge_carries_the_patient_column(tmp_path):
+    slides = write_csv(tmp_path / "slides.csv", ["slide_id", "patient_id", "label"], [
+        ["TCGA-01-DX1", "TCGA-01", "LUAD"], ["TCGA-02-DX1", "TCGA-02", "LUSC"], ["x", "", ""],
+    ])
+    labels = write_csv(tmp_path / "LABELS.csv", ["patient_id", "fine_grained_label", "status"], [
+        ["TCGA-01", "STAS present", "ok"],
+    ])
+    merge_cohort(slides, labels, tmp_path / "cohort.csv")
+    assert [r.patient_id for r in read_cohort(tmp_path / "cohort.csv")] == [
+        "TCGA-01", "TCGA-02", None]

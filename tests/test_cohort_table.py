@@ -182,3 +182,15 @@ def test_reads_the_shared_class_descriptions() -> None:
     classes = read_classes(path)
     assert [c.name for c in classes] == ["LUAD", "LUSC"]
     assert all(len(c.description) > 40 for c in classes)
+
+
+def test_patient_id_round_trips_and_is_written_only_when_present(tmp_path: Path) -> None:
+    rows = [CohortRow("s1", "LUAD", None, "train", "p1"), CohortRow("s2", "LUAD", None, None, "p1"),
+            CohortRow("s3", "LUSC", None, "test", "=p2")]
+    path = tmp_path / "cohort.csv"
+    write_cohort(rows, path)
+    assert path.read_text().splitlines()[0] == "slide_id,label,report_label,split,patient_id"
+    assert read_cohort(path) == rows
+    write_cohort([CohortRow("s1", "LUAD", None)], path)
+    assert path.read_text().splitlines()[0] == "slide_id,label,report_label,split"
+    assert read_cohort(path)[0].patient_id is None

@@ -28,6 +28,7 @@ from fivewsi.runs.classifier import SlidePrediction
 from fivewsi.synthetic import FeatureCohort, make_feature_cohort
 
 CLASSES = ["LUAD", "LUSC"]
+METRIC_NAMES = ("balanced_accuracy", "accuracy", "macro_f1", "auc", "confusion_matrix")
 
 
 @pytest.fixture(scope="module")
@@ -390,3 +391,61 @@ def test_fewshot_config_fails_at_start_up_on_a_misspelt_setting(
     config = FewshotConfig(**base, model_options={"abmil": {"dim": 8}})
     cell = config.train_config("abmil", k=1, seed=0)
     assert cell.model_options["dim"] == 8 and cell.model_options["attention_dim"] == 256
+
+
+def test_patient_block_and_patient_predictions(
+    cohort: FeatureCohort, stub: StubClassifier, tmp_path: Path
+) -> None:
+    def patients(rows: list[CohortRow]) -> list[CohortRow]:
+        count: dict[str, int] = {}
+        for row in rows:
+            if row.split == "test":  # pairs of slides of one label per patient
+                n = count.get(str(row.label), 0)
+                count[str(row.label)] = n + 1
+                row.patient_id = f"{row.label}-{n // 2}"
+        return rows
+
+    table = _copy_cohort(cohort, tmp_path, patients)
+    out = tmp_path / "eval"
+    result = evaluate_run("run", cohort.features_dir, table, out=out, n_bootstrap=200)
+    info = json.loads((out / "metrics.json").read_text())
+    block = info["patient"]
+    assert info["metrics"]["n"] == 12 and block["n"] == 6 and block["n_slides"] == 12
+    assert block["bootstrap"]["unit"] == "patient"
+    assert info["metrics"]["bootstrap"]["unit"] == "slide"
+    assert set(METRIC_NAMES) <= set(block)
+    with (out / "predictions.csv").open() as handle:
+        slides = list(csv.DictReader(handle))
+    with (out / "patient_predictions.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert list(rows[0]) == ["patient_id", "label", "predicted", "n_slides", "p_LUAD", "p_LUSC"]
+    patient_of = {r.slide_id: r.patient_id for r in read_cohort(table)}
+    for row in rows:
+        mine = [s for s in slides if patient_of[s["slide_id"]] == row["patient_id"]]
+        assert int(row["n_slides"]) == len(mine) == 2
+        assert float(row["p_LUSC"]) == pytest.approx(np.mean([float(s["p_LUSC"]) for s in mine]),
+                                                     abs=1e-5)
+        assert row["predicted"] == CLASSES[int(float(row["p_LUSC"]) > float(row["p_LUAD"]))]
+    correct = [r["label"] == r["predicted"] for r in rows]
+    assert block["accuracy"]["value"] == pytest.approx(np.mean(correct))
+    assert len(result.patients) == 6
+    # Without patient ids: no patient block, and an old patient file is not left behind.
+    evaluate_run("run", cohort.features_dir, cohort.cohort_csv, out=out, n_bootstrap=10)
+    assert "patient" not in json.loads((out / "metrics.json").read_text())
+    assert not (out / "patient_predictions.csv").exists()
+
+
+def test_evaluate_refuses_a_patient_with_two_labels(
+    cohort: FeatureCohort, stub: StubClassifier, tmp_path: Path
+) -> None:
+    def mixed(rows: list[CohortRow]) -> list[CohortRow]:
+        test = [r for r in rows if r.split == "test"]
+        a = next(r for r in test if r.label == "LUAD")
+        b = next(r for r in test if r.label == "LUSC")
+        a.patient_id = b.patient_id = "P-7"
+        return rows
+
+    from fivewsi.cohort.table import CohortError
+
+    with pytest.raises(CohortError, match="P-7"):
+        evaluate_run("run", cohort.features_dir, _copy_cohort(cohort, tmp_path, mixed))

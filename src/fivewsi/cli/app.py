@@ -32,6 +32,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("fivewsi.cli.train", "app"),
     "evaluate": ("fivewsi.cli.evaluate", "app"),
     "fewshot": ("fivewsi.cli.fewshot", "app"),
+    "crossval": ("fivewsi.cli.crossval", "app"),
     "predict": ("fivewsi.cli.predict", "app"),
     "demo": ("fivewsi.cli.demo", "app"),
 }

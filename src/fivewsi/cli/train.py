@@ -107,6 +107,12 @@ def train_command(
         typer.Option(help=_help("Training share held out for validation without val rows.",
                                 "val_fraction")),
     ] = None,
+    val_rows: Annotated[
+        bool | None,
+        typer.Option("--val-rows/--no-val-rows",
+                     help="Validate on the cohort's val rows. (default: yes without --shots, no "
+                          "with --shots: a k-shot run's only labels are its shots)"),
+    ] = None,
     patience: Annotated[
         int | None,
         typer.Option(help=_help("Early-stopping patience in epochs (needs validation).",
@@ -141,7 +147,8 @@ def train_command(
         init=init, model=model, objective=objective, epochs=epochs, min_steps=min_steps,
         seed=seed, shots=shots, sample_ratio=sample_ratio, max_patches=max_patches,
         batch_size=batch_size, accumulate=accumulate, lr=lr, negatives=negatives,
-        device=device, val_fraction=val_fraction, patience=patience, overwrite=overwrite,
+        device=device, val_fraction=val_fraction, val_rows=val_rows, patience=patience,
+        overwrite=overwrite,
         progress=progress,
     ))
     settings["model_options"] = model_options

@@ -2,7 +2,8 @@
 
 The user keeps a slide table (``slide_id``, ``label`` — may be empty —, optional ``split`` and
 any other columns, e.g. ``patient_id``) and gets LABELS.csv from ``fivewsi reports extract``.
-This joins the two into ``cohort.csv`` (``slide_id, label, report_label, split``), which
+This joins the two into ``cohort.csv`` (``slide_id, label, report_label, split``, and
+``patient_id`` when the slide table has one), which
 ``fivewsi train`` and ``fivewsi evaluate`` read.
 
 Join: each slide's key (by default the slide table's column named like LABELS.csv's id column,
@@ -183,7 +184,8 @@ def merge_cohort(
                     review.append(slide_id)
                 report_label = report.get("fine_grained_label") or None
         rows.append(CohortRow(slide_id, record.get("label") or None, report_label,
-                              _SPLITS[split.lower()] if split else None))
+                              _SPLITS[split.lower()] if split else None,
+                              record.get("patient_id") or None))
     if problems:
         shown = problems[:10] + ([f"... and {len(problems) - 10} more"] if len(problems) > 10
                                  else [])

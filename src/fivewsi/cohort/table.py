@@ -8,6 +8,7 @@
 | ``label`` | one of the two | class name; empty for a slide known only by its report |
 | ``report_label`` | one of the two | the slide's fine-grained label text (rendered or raw) |
 | ``split`` | no | ``train``, ``val`` or ``test``; empty = not assigned |
+| ``patient_id`` | no | the slide's patient (splits, shots and metrics keep it whole) |
 
 ``classes.csv`` has one row per class: ``name`` and ``description`` (the text a text model
 scores slides against). Other columns are ignored. Cells are whitespace-trimmed and an empty
@@ -17,8 +18,9 @@ Example:
     >>> import tempfile, pathlib
     >>> path = pathlib.Path(tempfile.mkdtemp()) / "cohort.csv"
     >>> write_cohort([CohortRow("s1", "LUAD", "margins clear", "train")], path)
-    >>> read_cohort(path)
-    [CohortRow(slide_id='s1', label='LUAD', report_label='margins clear', split='train')]
+    >>> read_cohort(path)  # doctest: +NORMALIZE_WHITESPACE
+    [CohortRow(slide_id='s1', label='LUAD', report_label='margins clear', split='train',
+               patient_id=None)]
 """
 
 from __future__ import annotations
@@ -37,8 +39,11 @@ from fivewsi.utils.outputs import csv_cell, csv_value
 
 log = logging.getLogger(__name__)
 
-#: The cohort table's columns, in the order fivewsi writes them.
+#: The cohort table's columns, in the order fivewsi writes them (``patient_id`` after them when
+#: any row has one).
 COHORT_COLUMNS = ("slide_id", "label", "report_label", "split")
+#: The optional patient column.
+PATIENT_COLUMN = "patient_id"
 #: The classes table's columns.
 CLASS_COLUMNS = ("class", "description")
 #: Older spelling of the ``class`` column, still read.
@@ -62,6 +67,7 @@ class CohortRow:
         label: the class name, or None for a slide known only by its report.
         report_label: the fine-grained label text, or None.
         split: ``"train"``, ``"val"``, ``"test"`` or None (not assigned).
+        patient_id: the slide's patient, or None (no ``patient_id`` column, or an empty cell).
 
     Example:
         >>> CohortRow("s1", None, "poorly differentiated", None).label is None
@@ -72,6 +78,7 @@ class CohortRow:
     label: str | None
     report_label: str | None
     split: str | None = None
+    patient_id: str | None = None
 
 
 @dataclass
@@ -136,7 +143,7 @@ def read_cohort(path: str | os.PathLike[str]) -> list[CohortRow]:
                 continue
         rows.append(
             CohortRow(slide_id, _cell(record.get("label")), _cell(record.get("report_label")),
-                      split)
+                      split, _cell(record.get(PATIENT_COLUMN)))
         )
     _raise_problems(path, problems)
     log.debug("read %d cohort rows from %s", len(rows), path)
@@ -144,7 +151,8 @@ def read_cohort(path: str | os.PathLike[str]) -> list[CohortRow]:
 
 
 def write_cohort(rows: Iterable[CohortRow], path: str | os.PathLike[str]) -> None:
-    """Write a cohort CSV atomically (None → empty cell).
+    """Write a cohort CSV atomically (None → empty cell); a ``patient_id`` column is added when
+    any row has a patient.
 
     Raises:
         CohortError: an empty or duplicate slide id, or a bad split value.
@@ -168,6 +176,13 @@ def write_cohort(rows: Iterable[CohortRow], path: str | os.PathLike[str]) -> Non
         if row.split is not None and row.split not in SPLITS:
             problems.append(f"row {i + 1}: split {row.split!r} is not one of {', '.join(SPLITS)}")
     _raise_problems(Path(path), problems, verb="cannot write")
+    if any(r.patient_id is not None for r in rows):
+        _write_csv(
+            path,
+            (*COHORT_COLUMNS, PATIENT_COLUMN),
+            ([r.slide_id, r.label, r.report_label, r.split, r.patient_id] for r in rows),
+        )
+        return
     _write_csv(
         path,
         COHORT_COLUMNS,
@@ -273,6 +288,39 @@ def check_labels(rows: Iterable[CohortRow], classes: Sequence[ClassDescription |
             shown = ", ".join(ids[:3]) + (", ..." if len(ids) > 3 else "")
             parts.append(f"{label!r} ({len(ids)} slide{'s' if len(ids) > 1 else ''}: {shown})")
         raise CohortError(f"labels not among the classes {names}: {'; '.join(parts)}")
+
+
+def check_patient_labels(rows: Sequence[CohortRow]) -> None:
+    """Refuse patients whose labelled slides carry different labels (a patient is one unit
+    of splits, shots and patient-level metrics).
+
+    Raises:
+        CohortError: naming each such patient with its labels.
+
+    Example:
+        >>> check_patient_labels([CohortRow("a", "LUAD", None, None, "p1"),
+        ...                       CohortRow("b", "LUSC", None, None, "p1")])
+        ... # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        fivewsi.cohort.table.CohortError: 1 patient has ...: 'p1' (a: LUAD, b: LUSC)
+    """
+    slides: dict[str, list[CohortRow]] = {}
+    for row in rows:
+        if row.patient_id is not None and row.label is not None:
+            slides.setdefault(row.patient_id, []).append(row)
+    mixed = {p: members for p, members in slides.items()
+             if len({r.label for r in members}) > 1}
+    if mixed:
+        parts = []
+        for patient, members in sorted(mixed.items())[:10]:
+            shown = ", ".join(f"{r.slide_id}: {r.label}" for r in members[:6])
+            parts.append(f"{patient!r} ({shown}{', ...' if len(members) > 6 else ''})")
+        more = f"; ... and {len(mixed) - 10} more" if len(mixed) > 10 else ""
+        raise CohortError(
+            f"{len(mixed)} patient{'s have' if len(mixed) > 1 else ' has'} slides of different "
+            f"labels (a patient must have one label): {'; '.join(parts)}{more}"
+        )
 
 
 # --- helpers -------------------------------------------------------------------------------

@@ -11,6 +11,12 @@ came from, counts, metrics with calibration metrics, the temperature applied),
 ``predictions.csv`` (``slide_id, label, predicted, p_<class>..., error``) and
 ``reliability.png`` (the reliability diagram: accuracy against confidence per bin).
 
+Patients: when the cohort has a ``patient_id`` column, ``metrics.json`` also holds a
+``patient`` block (the same metrics over patients, a patient's probabilities being the mean of
+its predicted slides', the bootstrap resampling patients) and ``patient_predictions.csv``
+(``patient_id, label, predicted, n_slides, p_<class>...``) is written beside
+``predictions.csv``. A slide without a patient counts as a patient of its own (its slide id).
+
 Example:
     >>> result = evaluate_run("runs/abmil", "features", "cohort.csv", out="runs/abmil/eval")
     ... # doctest: +SKIP
@@ -32,7 +38,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from fivewsi.errors import EvaluationStageError
-from fivewsi.evaluation.metrics import METRICS, classification_metrics
+from fivewsi.evaluation.metrics import (
+    METRICS,
+    classification_metrics,
+    patient_metrics,
+    patient_probabilities,
+)
 from fivewsi.utils.atomic import write_json_atomic, write_text_atomic
 from fivewsi.utils.outputs import check_output_folder
 
@@ -70,6 +81,25 @@ class SlideOutcome:
 
 
 @dataclass
+class PatientOutcome:
+    """One evaluated patient: its label, mean class probabilities over its predicted slides.
+
+    Attributes:
+        patient_id: the patient (a slide's id for a slide without a patient).
+        label: its true class.
+        predicted: the most probable class.
+        probabilities: ``[C]`` mean of its slides' probabilities.
+        n_slides: slides it was averaged over.
+    """
+
+    patient_id: str
+    label: str
+    predicted: str
+    probabilities: np.ndarray
+    n_slides: int
+
+
+@dataclass
 class EvaluationResult:
     """What :func:`evaluate_run` found.
 
@@ -95,6 +125,7 @@ class EvaluationResult:
     n_unlabelled: int = 0
     info: dict[str, Any] = field(default_factory=dict)
     out: Path | None = None
+    patients: list[PatientOutcome] = field(default_factory=list)
 
     @property
     def n(self) -> int:
@@ -139,7 +170,7 @@ def evaluate_run(
             model's classes, or no slide that could be predicted.
         OutputError: ``out`` is a file or cannot be written (checked before predicting).
     """
-    from fivewsi.cohort.table import CohortError, check_labels, read_cohort
+    from fivewsi.cohort.table import CohortError, check_labels, check_patient_labels, read_cohort
     from fivewsi.runs.classifier import load_model
     from fivewsi.training.items import find_feature_files
 
@@ -167,6 +198,9 @@ def evaluate_run(
             + ("" if classes is not None else " (pass classes=... to use other descriptions)")
         ) from None
 
+    by_patient = any(r.patient_id is not None for r in labelled)
+    if by_patient:
+        check_patient_labels(labelled)
     if out is not None:
         check_output_folder(out)  # before predicting: a read-only --out fails at once
     files = find_feature_files(features)
@@ -227,6 +261,9 @@ def evaluate_run(
         n_unlabelled=n_unlabelled,
         info=info,
     )
+    if by_patient:
+        patient_of = {r.slide_id: r.patient_id or r.slide_id for r in labelled}
+        _add_patients(result, [patient_of[o.slide_id] for o in done], done, n_bootstrap, seed)
     if out is not None:
         result.out = write_evaluation(result, out)
     _log_summary(result)
@@ -254,6 +291,7 @@ def write_evaluation(result: EvaluationResult, out: str | os.PathLike[str]) -> P
         writer.writerow([s.slide_id, s.label, s.predicted or "", *probs, s.error or ""])
     write_text_atomic(out / "predictions.csv", buffer.getvalue())
     _write_reliability(result, out)
+    _write_patients(result, out)
     write_json_atomic(out / "metrics.json", result.info)
     return out
 
@@ -288,6 +326,48 @@ def _write_reliability(result: EvaluationResult, out: Path) -> None:
     y = encode_labels([s.label for s in done], result.classes)
     title = f"{result.run.name} on {_split_words(result.split)}"
     write_reliability_diagram(out / RELIABILITY_FILE, y, probs, title=title)
+
+
+#: Patient-level predictions, beside ``predictions.csv`` (cohorts with ``patient_id``).
+PATIENT_PREDICTIONS = "patient_predictions.csv"
+
+
+def _add_patients(
+    result: EvaluationResult,
+    patients: list[str],
+    done: list[SlideOutcome],
+    n_bootstrap: int,
+    seed: int,
+) -> None:
+    """The ``patient`` block of ``metrics.json`` and the patient rows of ``result``."""
+    labels = [o.label for o in done]
+    probabilities = np.stack([o.probabilities for o in done])
+    ids, patient_labels, probs, counts = patient_probabilities(patients, labels, probabilities)
+    result.patients = [
+        PatientOutcome(pid, label, result.classes[int(p.argmax())], p, n)
+        for pid, label, p, n in zip(ids, patient_labels, probs, counts, strict=True)
+    ]
+    result.info["patient"] = patient_metrics(
+        patients, labels, probabilities, result.classes, n_bootstrap=n_bootstrap, seed=seed
+    )
+
+
+def _write_patients(result: EvaluationResult, out: Path) -> None:
+    """``patient_predictions.csv`` (an old one is removed when there are no patients)."""
+    from fivewsi.utils.outputs import csv_row
+
+    path = out / PATIENT_PREDICTIONS
+    if not result.patients:
+        path.unlink(missing_ok=True)
+        return
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["patient_id", "label", "predicted", "n_slides",
+                     *[f"p_{c}" for c in result.classes]])
+    for p in result.patients:
+        writer.writerow([*csv_row([p.patient_id, p.label, p.predicted]), p.n_slides,
+                         *[f"{v:.6g}" for v in p.probabilities]])
+    write_text_atomic(path, buffer.getvalue())
 
 
 def _select_rows(

@@ -109,8 +109,8 @@ class FewshotConfig(BaseModel):
             ``TrainConfig.min_steps`` optimizer steps (set it in ``train_options``).
         train_options: ``TrainConfig`` training settings for every run (lr, batch_size,
             device, min_steps, ...); few-shot runs hold out no validation slides from the k
-            shots and stop at a fixed budget. A cohort's ``val`` rows, when present, are still
-            used by training to pick the best epoch (labels beyond the k shots).
+            shots and stop at a fixed budget. A cohort's ``val`` rows are not used (the k shots
+            are a run's only labels) unless ``train_options`` sets ``val_rows: true``.
         overrides: per row, ``TrainConfig`` training settings over ``train_options``.
         model_options: per row, the model's own options (e.g. ``{"five": {"attention":
             "full"}, "abmil": {"dim": 256}}``); not for ``five+reports``, which keeps the

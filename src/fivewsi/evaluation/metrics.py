@@ -318,3 +318,73 @@ def _weighted_auc(weights: np.ndarray, positive: np.ndarray, scores: np.ndarray)
     n_neg = neg.sum(axis=1)
     with np.errstate(invalid="ignore", divide="ignore"):
         return (pos * (neg_below + 0.5 * neg)).sum(axis=1) / (n_pos * n_neg)
+
+
+# --- patient level ---------------------------------------------------------------------------
+
+
+def patient_probabilities(
+    patients: Sequence[str], labels: Sequence[str], probabilities: np.ndarray
+) -> tuple[list[str], list[str], np.ndarray, list[int]]:
+    """Patient-level rows from slide rows: a patient's probabilities are the mean of its
+    slides'; its label is its slides' (one per patient).
+
+    Returns:
+        ``(patient ids in order of first slide, their labels, [P, C] probabilities,
+        slides per patient)``.
+
+    Raises:
+        ValueError: a patient whose slides carry different labels.
+
+    Example:
+        >>> ids, labels, probs, n = patient_probabilities(
+        ...     ["p1", "p2", "p1"], ["a", "b", "a"],
+        ...     np.array([[0.9, 0.1], [0.2, 0.8], [0.5, 0.5]]))
+        >>> ids, labels, probs.tolist(), n
+        (['p1', 'p2'], ['a', 'b'], [[0.7, 0.3], [0.2, 0.8]], [2, 1])
+    """
+    probs = np.asarray(probabilities, dtype=np.float64)
+    if len(patients) != len(labels) or len(labels) != probs.shape[0]:
+        raise ValueError("patients, labels and probabilities must have one row per slide")
+    order: dict[str, list[int]] = {}
+    for i, patient in enumerate(patients):
+        order.setdefault(str(patient), []).append(i)
+    ids, patient_labels, rows, counts = [], [], [], []
+    for patient, index in order.items():
+        found = {str(labels[i]) for i in index}
+        if len(found) > 1:
+            raise ValueError(f"patient {patient!r} has slides of different labels "
+                             f"{sorted(found)}")
+        ids.append(patient)
+        patient_labels.append(found.pop())
+        rows.append(probs[index].mean(axis=0))
+        counts.append(len(index))
+    return ids, patient_labels, np.stack(rows), counts
+
+
+def patient_metrics(
+    patients: Sequence[str],
+    labels: Sequence[str],
+    probabilities: np.ndarray,
+    classes: Sequence[str],
+    *,
+    n_bootstrap: int = 1000,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """:func:`classification_metrics` of patients (mean of their slides' probabilities), the
+    bootstrap resampling patients; ``aggregation`` and ``n_slides`` say how they were made.
+
+    Example:
+        >>> m = patient_metrics(["p1", "p1", "p2"], ["a", "a", "b"],
+        ...                     np.array([[0.9, 0.1], [0.4, 0.6], [0.3, 0.7]]), ["a", "b"],
+        ...                     n_bootstrap=20)
+        >>> m["n"], m["accuracy"]["value"], m["bootstrap"]["unit"], m["n_slides"]
+        (2, 1.0, 'patient', 3)
+    """
+    _, patient_labels, probs, _ = patient_probabilities(patients, labels, probabilities)
+    metrics = classification_metrics(patient_labels, probs, classes, n_bootstrap=n_bootstrap,
+                                     seed=seed)
+    metrics["bootstrap"]["unit"] = "patient"
+    metrics["aggregation"] = "mean of the patient's slide probabilities"
+    metrics["n_slides"] = len(labels)
+    return metrics

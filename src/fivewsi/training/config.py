@@ -81,6 +81,11 @@ class TrainConfig(BaseModel):
     sample_ratio: float = Field(0.25, gt=0, le=1, description="patches drawn per training slide")
     max_patches: int = Field(4096, ge=1, description="cap on patches per training slide")
     val_fraction: float = Field(0.15, ge=0, lt=1)
+    val_rows: bool | None = Field(
+        None,
+        description="use the cohort's val rows for validation; None: yes without shots, no with "
+        "shots (a k-shot run's only labelled slides are its shots)",
+    )
     patience: int | None = Field(10, ge=1, description="early stopping (needs a validation set)")
 
     model_options: dict[str, Any] = Field(

@@ -9,7 +9,13 @@ Which slides train:
 - Rows whose ``split`` is ``test`` are never read, neither for training nor for model
   selection. Rows without a split count as training rows.
 - Validation: rows with ``split == "val"``; otherwise (not few-shot) a ``val_fraction`` of the
-  training rows, stratified by class.
+  training rows, stratified by class. A few-shot run (``shots``) uses no ``val`` rows unless
+  ``val_rows=True``: its only labelled slides are its shots. ``val_rows=False`` leaves them
+  out of any run.
+- Patients (a ``patient_id`` column): the held-out fraction takes whole patients, ``shots=K``
+  draws K *patients* per class with all their slides, and a patient whose slides carry
+  different labels is refused (:class:`~fivewsi.cohort.table.CohortError`). Slides without a
+  patient count as patients of their own.
 
 No torch here: a plan is made (and its errors found) before any model is built.
 
@@ -38,6 +44,7 @@ from fivewsi.cohort.table import (
     ClassDescription,
     CohortRow,
     check_labels,
+    check_patient_labels,
     read_classes,
     read_cohort,
 )
@@ -109,6 +116,7 @@ def make_plan(
         classes = _classes(config, usable)
         pool = [r for r in usable if r.label is not None]
         check_labels(pool, classes)
+        check_patient_labels(pool)
         report_index = {}
     files = find_feature_files(config.features)
     check = check_feature_files([r.slide_id for r in pool], files)
@@ -121,13 +129,15 @@ def make_plan(
         return SlideItem(row.slide_id, path, target, report_index.get(row.slide_id), n)
 
     train_rows = [r for r in pool if r.split in (None, "train")]
-    val_rows = [r for r in pool if r.split == "val"]
+    use_val_rows = config.val_rows if config.val_rows is not None else config.shots is None
+    val_rows = [r for r in pool if r.split == "val"] if use_val_rows else []
     if config.shots is not None:
         train_rows = _draw_shots(train_rows, classes, config.shots, config.seed)
     val_source = "split" if val_rows else "none"
     if not val_rows and config.shots is None and config.val_fraction > 0:
         train_rows, val_rows = _hold_out(train_rows, config.val_fraction, config.seed, stage)
         val_source = "fraction" if val_rows else "none"
+    _warn_split_patients(train_rows, val_rows)
     if not train_rows:
         raise TrainError(
             f"no training slides: {len(rows)} cohort rows, {n_test} test rows (never used), "
@@ -202,39 +212,71 @@ def _check_class_counts(
         )
 
 
+def patient_units(rows: Sequence[CohortRow]) -> list[list[CohortRow]]:
+    """The rows grouped by patient (a slide without a patient is a unit of its own), each unit
+    sorted by slide id and the units by their first slide id.
+
+    Example:
+        >>> rows = [CohortRow("b", None, None, None, "p"), CohortRow("c", None, None),
+        ...         CohortRow("a", None, None, None, "p")]
+        >>> [[r.slide_id for r in unit] for unit in patient_units(rows)]
+        [['a', 'b'], ['c']]
+    """
+    units: dict[tuple[str, str], list[CohortRow]] = {}
+    for row in sorted(rows, key=lambda r: r.slide_id):
+        key = ("p", row.patient_id) if row.patient_id is not None else ("s", row.slide_id)
+        units.setdefault(key, []).append(row)
+    return sorted(units.values(), key=lambda unit: unit[0].slide_id)
+
+
 def _draw_shots(
     rows: list[CohortRow], classes: list[ClassDescription], shots: int, seed: int
 ) -> list[CohortRow]:
+    """K patients per class (K slides without patient ids), all their slides."""
     rng = np.random.default_rng(seed)
     chosen: list[CohortRow] = []
     for klass in classes:
-        members = sorted((r for r in rows if r.label == klass.name), key=lambda r: r.slide_id)
+        members = patient_units([r for r in rows if r.label == klass.name])
         if len(members) < shots:
             log.warning(
-                "class %r has %d training slides, fewer than %d shots: using all",
-                klass.name, len(members), shots,
+                "class %r has %d training %s, fewer than %d shots: using all",
+                klass.name, len(members),
+                "patients" if any(r.patient_id for r in rows) else "slides", shots,
             )
         picks = rng.permutation(len(members))[:shots]
-        chosen.extend(members[int(i)] for i in sorted(picks))
+        chosen.extend(row for i in sorted(picks) for row in members[int(i)])
     return chosen
 
 
 def _hold_out(
     rows: list[CohortRow], fraction: float, seed: int, stage: str
 ) -> tuple[list[CohortRow], list[CohortRow]]:
-    """Split off ``fraction`` of the rows for validation, per class (stratified) for classes."""
+    """Split off ``fraction`` of the rows for validation, per class (stratified) for classes;
+    whole patients (counted in patients)."""
     rng = np.random.default_rng([seed, 17])
-    groups: dict[str, list[CohortRow]] = {}
-    for row in sorted(rows, key=lambda r: r.slide_id):
-        key = (row.label or "") if stage == "classes" else ""
-        groups.setdefault(key, []).append(row)
+    groups: dict[str, list[list[CohortRow]]] = {}
+    for unit in patient_units(rows):
+        key = (unit[0].label or "") if stage == "classes" else ""
+        groups.setdefault(key, []).append(unit)
     val_ids: set[str] = set()
     for members in groups.values():
         n_val = min(round(len(members) * fraction), len(members) - 1)
         for i in rng.permutation(len(members))[: max(0, n_val)]:
-            val_ids.add(members[int(i)].slide_id)
+            val_ids.update(r.slide_id for r in members[int(i)])
     kept = [r for r in rows if r.slide_id not in val_ids]
     return kept, [r for r in rows if r.slide_id in val_ids]
+
+
+def _warn_split_patients(train_rows: list[CohortRow], val_rows: list[CohortRow]) -> None:
+    """The cohort's own splits may put a patient on both sides: say so."""
+    trained = {r.patient_id for r in train_rows if r.patient_id is not None}
+    both = sorted({r.patient_id for r in val_rows if r.patient_id in trained})
+    if both:
+        log.warning(
+            "%d patients have slides in both the training and the validation rows of the cohort "
+            "(validation is then optimistic): %s", len(both),
+            ", ".join(map(str, both[:5])) + (", ..." if len(both) > 5 else ""),
+        )
 
 
 def write_split(path: Path, plan: Plan) -> None:
