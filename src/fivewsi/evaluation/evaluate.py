@@ -45,7 +45,7 @@ from fivewsi.evaluation.metrics import (
     patient_probabilities,
 )
 from fivewsi.utils.atomic import write_json_atomic, write_text_atomic
-from fivewsi.utils.outputs import check_output_folder
+from fivewsi.utils.outputs import check_output_folder, csv_cell, csv_row
 
 if TYPE_CHECKING:
     from fivewsi.cohort.table import ClassDescription, CohortRow
@@ -288,7 +288,8 @@ def write_evaluation(result: EvaluationResult, out: str | os.PathLike[str]) -> P
             if s.probabilities is not None
             else [""] * len(result.classes)
         )
-        writer.writerow([s.slide_id, s.label, s.predicted or "", *probs, s.error or ""])
+        text = csv_row([s.slide_id, s.label, s.predicted or ""])
+        writer.writerow([*text, *probs, csv_cell(s.error or "")])
     write_text_atomic(out / "predictions.csv", buffer.getvalue())
     _write_reliability(result, out)
     _write_patients(result, out)
