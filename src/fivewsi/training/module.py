@@ -127,6 +127,10 @@ class TrainingModule(L.LightningModule):
             for k, p in model.named_parameters()
             if any(k.startswith(x) for x in prefixes)
         )
+        # Report texts: a frozen encoder caches each distinct string, so its texts keep their
+        # canonical order (a small cache); a LoRA encoder has no cache, and every text, positive
+        # or negative, gets its parts shuffled as in the released code (see losses.py).
+        self.shuffle_parts = not self._grad_negatives
         self._val_outputs: list[tuple[Tensor, Tensor, Tensor, Tensor]] = []
         # Frozen text-encoder weights are not in checkpoints (see on_save_checkpoint).
         self.strict_loading = False
@@ -161,6 +165,7 @@ class TrainingModule(L.LightningModule):
                 negatives=self.negatives,
                 pool=self.pool,
                 max_drop_fraction=self.max_drop_fraction,
+                shuffle=self.shuffle_parts,
             )
             output = self.model(batch.bags, prompt_mask=step.prompt_mask.to(self.device))
             texts = encode_step_texts(
