@@ -200,3 +200,42 @@ def test_render_parts_is_the_one_rendering() -> None:
     assert len(orders) == 6 and all(set(o.split("; ")) == {"x", "y", "z"} for o in orders)
     with pytest.raises(ValueError, match="rng"):
         render_parts(parts, shuffle=True)
+
+
+def test_weight_decay_spares_biases_norms_and_the_logit_scale(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from types import SimpleNamespace
+
+    from conftest import write_tiny_text_model
+    from fivewsi.model.five import FiveModel
+    from fivewsi.model.text import TextEncoder
+    from fivewsi.training.module import TrainingModule
+
+    encoder = TextEncoder(write_tiny_text_model(tmp_path / "tiny"), lora=True, lora_r=2)
+    model = FiveModel(16, ["What grade?", "Is there STAS?"], encoder, dim=32, heads=4,
+                      n_learnable_prompts=2)
+    module = TrainingModule(model, stage="classes", hparams={}, lr=1e-3, text_lr_ratio=0.1,
+                            weight_decay=0.01, class_texts=["a", "b"])
+    module._trainer = SimpleNamespace(estimated_stepping_batches=10)  # what configure reads
+    optimizer = module.configure_optimizers()["optimizer"]
+    groups = {g["group"]: g for g in optimizer.param_groups}
+    assert sorted(groups) == ["decay", "no_decay", "text"]  # LoRA has no biases (bias="none")
+    names = {g: set(group["names"]) for g, group in groups.items()}
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert set().union(*names.values()) == trainable
+    assert sum(len(n) for n in names.values()) == len(trainable)
+    norms = {
+        f"{m}.{p}" for m, mod in model.named_modules()
+        if isinstance(mod, torch.nn.LayerNorm) for p, _ in mod.named_parameters(recurse=False)
+    } & trainable
+    biases = {n for n in trainable if n.endswith("bias")}
+    assert norms and biases and "log_logit_scale" in trainable
+    assert names["no_decay"] == norms | biases | {"log_logit_scale"}
+    assert {"learnable_prompts", "text_projection.weight"} <= names["decay"]
+    assert all("lora_" in n for n in names["text"])
+    assert (groups["decay"]["weight_decay"], groups["decay"]["lr"]) == (0.01, 1e-3)
+    assert (groups["no_decay"]["weight_decay"], groups["no_decay"]["lr"]) == (0.0, 1e-3)
+    assert groups["text"]["weight_decay"] == 0.01
+    assert groups["text"]["lr"] == pytest.approx(1e-4)
+    # Parameters keep their identity: the groups hold the model's own tensors.
+    ids = {id(p) for g in optimizer.param_groups for p in g["params"]}
+    assert ids == {id(p) for p in model.parameters() if p.requires_grad}
