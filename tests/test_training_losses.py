@@ -239,3 +239,19 @@ def test_weight_decay_spares_biases_norms_and_the_logit_scale(tmp_path) -> None:
     # Parameters keep their identity: the groups hold the model's own tensors.
     ids = {id(p) for g in optimizer.param_groups for p in g["params"]}
     assert ids == {id(p) for p in model.parameters() if p.requires_grad}
+
+
+def test_texts_are_shuffled_only_without_a_text_cache(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from conftest import write_tiny_text_model
+    from fivewsi.model.five import FiveModel
+    from fivewsi.model.text import TextEncoder
+    from fivewsi.training.module import TrainingModule
+
+    folder = write_tiny_text_model(tmp_path / "tiny")
+    for lora in (False, True):
+        model = FiveModel(16, ["What grade?"], TextEncoder(folder, lora=lora, lora_r=2), dim=32,
+                          heads=4, n_learnable_prompts=2)
+        module = TrainingModule(model, stage="reports", hparams={}, lr=1e-3,
+                                question_keys=["grade"])
+        # Frozen (cached) encoder: canonical texts; LoRA: every text shuffled, as released.
+        assert module.shuffle_parts is lora
