@@ -17,6 +17,7 @@ from fivewsi.training.losses import (
     contrastive_loss,
     eval_report_texts,
     prompt_mask_for,
+    render_parts,
     report_step,
 )
 from fivewsi.training.module import accuracy_metrics, lr_factor
@@ -144,3 +145,113 @@ def test_balanced_accuracy_weights_classes_equally() -> None:
     metrics = accuracy_metrics(torch.zeros(5, dtype=torch.long), target)
     assert float(metrics["val/acc"]) == pytest.approx(0.8)
     assert float(metrics["val/bacc"]) == pytest.approx(0.5)
+
+
+C = _label(grade="low grade", stas="stas present", vessels="vessels clear", pleura="Unknown")
+D = _label(grade="high grade", stas="stas absent", vessels="vessels clear", pleura="pleura clear")
+
+
+def _canonical(text: str, pool: list[list[LabelPart]], drop: set[str]) -> bool:
+    """Whether ``text`` is some pool label's kept parts in the label's own order."""
+    return any(
+        text == "; ".join(p.text for p in lab if not p.unknown and p.key not in drop)
+        for lab in pool
+    )
+
+
+def test_positives_and_negatives_are_rendered_alike_by_default() -> None:
+    # Rendering the positives shuffled and the negatives canonical is a shortcut the model
+    # learns (issue 11): by default every text, positive or negative, is canonical.
+    pool = [A, B, C, D]
+    n_negatives = 0
+    for seed in range(40):
+        step = report_step([A, B], KEYS, N_PROMPTS, np.random.default_rng(seed),
+                           negatives="all", pool=pool, max_drop_fraction=0.5)
+        assert step.n_positive == 2
+        n_negatives += len(step.texts) - step.n_positive
+        for text in step.texts:
+            assert _canonical(text, pool, step.drop_keys), (seed, text)
+        # The same label renders to the same string as a positive and as a negative.
+        as_negative = report_step([C], KEYS, N_PROMPTS, np.random.default_rng(seed),
+                                  negatives="all", pool=pool, max_drop_fraction=0.5)
+        assert as_negative.drop_keys == step.drop_keys
+        assert set(as_negative.texts) == set(step.texts)
+    assert n_negatives > 40
+
+
+def test_shuffling_reaches_positives_and_negatives_alike() -> None:
+    pool = [A, B, C, D]
+    shuffled = {"positive": [], "negative": []}
+    for seed in range(300):
+        step = report_step([A], KEYS, N_PROMPTS, np.random.default_rng(seed), negatives="all",
+                           pool=pool, max_drop_fraction=0.0, shuffle=True)
+        for i, text in enumerate(step.texts):
+            role = "positive" if i < step.n_positive else "negative"
+            shuffled[role].append(not _canonical(text, pool, step.drop_keys))
+    # Three kept parts each: 5 of the 6 orders are not the canonical one, for both roles.
+    rates = {role: float(np.mean(flags)) for role, flags in shuffled.items()}
+    assert all(0.7 < rate < 0.95 for rate in rates.values()), rates
+
+
+def test_render_parts_is_the_one_rendering() -> None:
+    parts = [LabelPart("a", " x "), LabelPart("b", "y"), LabelPart("c", "z")]
+    assert render_parts(parts) == "x; y; z"
+    orders = {render_parts(parts, np.random.default_rng(s), shuffle=True) for s in range(50)}
+    assert len(orders) == 6 and all(set(o.split("; ")) == {"x", "y", "z"} for o in orders)
+    with pytest.raises(ValueError, match="rng"):
+        render_parts(parts, shuffle=True)
+
+
+def test_weight_decay_spares_biases_norms_and_the_logit_scale(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from types import SimpleNamespace
+
+    from conftest import write_tiny_text_model
+    from fivewsi.model.five import FiveModel
+    from fivewsi.model.text import TextEncoder
+    from fivewsi.training.module import TrainingModule
+
+    encoder = TextEncoder(write_tiny_text_model(tmp_path / "tiny"), lora=True, lora_r=2)
+    model = FiveModel(16, ["What grade?", "Is there STAS?"], encoder, dim=32, heads=4,
+                      n_learnable_prompts=2)
+    module = TrainingModule(model, stage="classes", hparams={}, lr=1e-3, text_lr_ratio=0.1,
+                            weight_decay=0.01, class_texts=["a", "b"])
+    module._trainer = SimpleNamespace(estimated_stepping_batches=10)  # what configure reads
+    optimizer = module.configure_optimizers()["optimizer"]
+    groups = {g["group"]: g for g in optimizer.param_groups}
+    assert sorted(groups) == ["decay", "no_decay", "text"]  # LoRA has no biases (bias="none")
+    names = {g: set(group["names"]) for g, group in groups.items()}
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert set().union(*names.values()) == trainable
+    assert sum(len(n) for n in names.values()) == len(trainable)
+    norms = {
+        f"{m}.{p}" for m, mod in model.named_modules()
+        if isinstance(mod, torch.nn.LayerNorm) for p, _ in mod.named_parameters(recurse=False)
+    } & trainable
+    biases = {n for n in trainable if n.endswith("bias")}
+    assert norms and biases and "log_logit_scale" in trainable
+    assert names["no_decay"] == norms | biases | {"log_logit_scale"}
+    assert {"learnable_prompts", "text_projection.weight"} <= names["decay"]
+    assert all("lora_" in n for n in names["text"])
+    assert (groups["decay"]["weight_decay"], groups["decay"]["lr"]) == (0.01, 1e-3)
+    assert (groups["no_decay"]["weight_decay"], groups["no_decay"]["lr"]) == (0.0, 1e-3)
+    assert groups["text"]["weight_decay"] == 0.01
+    assert groups["text"]["lr"] == pytest.approx(1e-4)
+    # Parameters keep their identity: the groups hold the model's own tensors.
+    ids = {id(p) for g in optimizer.param_groups for p in g["params"]}
+    assert ids == {id(p) for p in model.parameters() if p.requires_grad}
+
+
+def test_texts_are_shuffled_only_without_a_text_cache(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from conftest import write_tiny_text_model
+    from fivewsi.model.five import FiveModel
+    from fivewsi.model.text import TextEncoder
+    from fivewsi.training.module import TrainingModule
+
+    folder = write_tiny_text_model(tmp_path / "tiny")
+    for lora in (False, True):
+        model = FiveModel(16, ["What grade?"], TextEncoder(folder, lora=lora, lora_r=2), dim=32,
+                          heads=4, n_learnable_prompts=2)
+        module = TrainingModule(model, stage="reports", hparams={}, lr=1e-3,
+                                question_keys=["grade"])
+        # Frozen (cached) encoder: canonical texts; LoRA: every text shuffled, as released.
+        assert module.shuffle_parts is lora

@@ -1,12 +1,17 @@
 """Losses: FiVE's report contrastive loss (with field dropping) and the class losses.
 
 Report pretraining, per step: a random subset of the question fields is dropped, both from the
-prompts (``prompt_mask``) and from every label text; Unknown parts are dropped; the remaining
-parts of each slide's label are shuffled. Each slide is then classified against a set of
-distinct label texts: those of the batch (``negatives="batch"``) or every distinct training
-label rendered with the same dropped fields (``negatives="all"``, the paper's scheme). Texts
-with the same parts are one target, so two slides with the same label are never each other's
-negatives.
+prompts (``prompt_mask``) and from every label text; Unknown parts are dropped. Each slide is
+then classified against a set of distinct label texts: those of the batch (``negatives="batch"``)
+or every distinct training label rendered with the same dropped fields (``negatives="all"``, the
+paper's scheme). Texts with the same parts are one target, so two slides with the same label are
+never each other's negatives.
+
+Positives and negatives are rendered by one function (:func:`render_parts`), so nothing but
+their content tells them apart: in canonical order (``shuffle=False``, the default with a frozen
+text encoder, whose per-string cache then stays small), or every text's parts shuffled
+(``shuffle=True``, as the released code does). Rendering only the positives shuffled is a
+shortcut a model learns (slides end up closer to any shuffled text than to canonical ones).
 
 Example:
     >>> from fivewsi.cohort.labels import LabelPart
@@ -29,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from fivewsi.cohort.labels import LabelPart, augment_label, sample_drop_keys
+from fivewsi.cohort.labels import LabelPart, sample_drop_keys
 from fivewsi.model.outputs import AggregatorOutput
 
 #: Target of a slide whose label has nothing left after dropping: it sits out the step.
@@ -69,6 +74,26 @@ def content_key(parts: Sequence[LabelPart]) -> tuple[str, ...]:
     return tuple(sorted(" ".join(p.text.lower().split()) for p in parts))
 
 
+def render_parts(
+    parts: Sequence[LabelPart], rng: np.random.Generator | None = None, *, shuffle: bool = False
+) -> str:
+    """The text of kept ``parts``: in their order, or shuffled with ``rng`` when ``shuffle``.
+
+    The one rendering of every training and validation text, positive or negative.
+
+    Example:
+        >>> parts = [LabelPart("a", "x"), LabelPart("b", " y ")]
+        >>> render_parts(parts)
+        'x; y'
+    """
+    texts = [p.text.strip() for p in parts]
+    if shuffle and len(texts) > 1:
+        if rng is None:
+            raise ValueError("shuffling needs an rng")
+        texts = [texts[i] for i in rng.permutation(len(texts))]
+    return SEPARATOR.join(texts)
+
+
 def prompt_mask_for(
     question_keys: Sequence[str], n_prompts: int, drop_keys: set[str]
 ) -> Tensor:
@@ -95,12 +120,15 @@ def report_step(
     pool: Sequence[Sequence[LabelPart]] | None = None,
     max_drop_fraction: float = 0.5,
     max_tries: int = 8,
+    shuffle: bool = False,
 ) -> ReportStep:
     """Draw the dropped fields for a step and build the texts and targets of the batch.
 
     ``labels`` are the parsed fine-grained labels of the batch's slides; ``pool`` the distinct
     labels of all training slides (needed for ``negatives="all"``). When every slide of the batch
     would be left with nothing, the draw is repeated (after ``max_tries``, nothing is dropped).
+    Every text, positive or negative, is :func:`render_parts` of its kept parts with the same
+    ``shuffle``.
     """
     if negatives not in ("batch", "all"):
         raise ValueError(f"negatives must be 'batch' or 'all', got {negatives!r}")
@@ -124,7 +152,7 @@ def report_step(
         key = content_key(kept)
         if key not in index:
             index[key] = len(texts)
-            texts.append(augment_label(list(parts), rng, drop_keys=drop, shuffle=True))
+            texts.append(render_parts(kept, rng, shuffle=shuffle))
         targets.append(index[key])
     n_positive = len(texts)
     if negatives == "all":
@@ -133,8 +161,7 @@ def report_step(
             key = content_key(kept)
             if kept and key not in index:
                 index[key] = len(texts)
-                # Canonical order: negatives repeat across steps, so a frozen encoder's cache hits.
-                texts.append(SEPARATOR.join(p.text for p in kept))
+                texts.append(render_parts(kept, rng, shuffle=shuffle))
     return ReportStep(
         texts,
         torch.tensor(targets, dtype=torch.long),
@@ -163,7 +190,7 @@ def eval_report_texts(labels: Sequence[Sequence[LabelPart]]) -> tuple[list[str],
         key = content_key(kept)
         if key not in index:
             index[key] = len(texts)
-            texts.append(SEPARATOR.join(p.text for p in kept))
+            texts.append(render_parts(kept))
         targets.append(index[key])
     return texts, torch.tensor(targets, dtype=torch.long)
 

@@ -8,8 +8,9 @@ One module, three objectives:
   (:meth:`~fivewsi.model.interfaces.SlideModel.class_logits`: FiVE's similarities to the class
   descriptions, a baseline's head) plus the model's own auxiliary loss.
 
-Optimiser: AdamW (betas 0.9, 0.98), LoRA weights at ``lr * text_lr_ratio``; learning rate
-warmed up linearly, then a cosine to zero, stepped per optimiser step. Validation logs
+Optimiser: AdamW (betas 0.9, 0.98), LoRA weights at ``lr * text_lr_ratio``; biases, norms,
+other 1-D parameters and the logit scale without weight decay (:func:`parameter_groups`);
+learning rate warmed up linearly, then a cosine to zero, stepped per optimiser step. Validation logs
 ``val/loss``, ``val/acc`` and ``val/bacc`` (balanced accuracy), gathered over all processes.
 """
 
@@ -127,6 +128,10 @@ class TrainingModule(L.LightningModule):
             for k, p in model.named_parameters()
             if any(k.startswith(x) for x in prefixes)
         )
+        # Report texts: a frozen encoder caches each distinct string, so its texts keep their
+        # canonical order (a small cache); a LoRA encoder has no cache, and every text, positive
+        # or negative, gets its parts shuffled as in the released code (see losses.py).
+        self.shuffle_parts = not self._grad_negatives
         self._val_outputs: list[tuple[Tensor, Tensor, Tensor, Tensor]] = []
         # Frozen text-encoder weights are not in checkpoints (see on_save_checkpoint).
         self.strict_loading = False
@@ -161,6 +166,7 @@ class TrainingModule(L.LightningModule):
                 negatives=self.negatives,
                 pool=self.pool,
                 max_drop_fraction=self.max_drop_fraction,
+                shuffle=self.shuffle_parts,
             )
             output = self.model(batch.bags, prompt_mask=step.prompt_mask.to(self.device))
             texts = encode_step_texts(
@@ -233,15 +239,11 @@ class TrainingModule(L.LightningModule):
     # -- optimisation -------------------------------------------------------------------------
 
     def configure_optimizers(self) -> dict[str, Any]:
-        prefixes = text_encoder_prefixes(self.model)
-        text, other = [], []
-        for name, parameter in self.model.named_parameters():
-            if parameter.requires_grad:
-                (text if any(name.startswith(p) for p in prefixes) else other).append(parameter)
-        groups = [{"params": other, "lr": self.lr}]
-        if text:
-            groups.append({"params": text, "lr": self.lr * self.text_lr_ratio})
-        optimizer = torch.optim.AdamW(groups, betas=(0.9, 0.98), weight_decay=self.weight_decay)
+        groups = parameter_groups(
+            self.model, lr=self.lr, text_lr_ratio=self.text_lr_ratio,
+            weight_decay=self.weight_decay,
+        )
+        optimizer = torch.optim.AdamW(groups, betas=(0.9, 0.98))
         total = max(1, int(self.trainer.estimated_stepping_batches))
         warmup = round(total * self.warmup_epochs / max(1, self.epochs))
         scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -267,6 +269,56 @@ class TrainingModule(L.LightningModule):
                 f"checkpoint does not fit this model: missing {missing[:5]}, "
                 f"unexpected {unexpected[:5]}"
             )
+
+
+def no_weight_decay(name: str, parameter: Tensor) -> bool:
+    """Whether a parameter is exempt from weight decay, as in the released optimiser: biases,
+    every parameter of at most one dimension (norm weights and biases, scalars) and the logit
+    scale. Weight matrices (Linear, attention projections, LoRA) and learnable prompts decay.
+
+    Example:
+        >>> no_weight_decay("head.bias", torch.zeros(3))
+        True
+        >>> no_weight_decay("head.weight", torch.zeros(3, 2))
+        False
+    """
+    return parameter.ndim <= 1 or name.endswith("bias") or "logit_scale" in name
+
+
+def parameter_groups(
+    model: torch.nn.Module, *, lr: float, text_lr_ratio: float, weight_decay: float
+) -> list[dict[str, Any]]:
+    """AdamW parameter groups: ``decay`` / ``no_decay`` at ``lr``, and ``text`` /
+    ``text_no_decay`` (the trainable text encoder: LoRA) at ``lr * text_lr_ratio``.
+
+    Only trainable parameters, in ``named_parameters`` order; empty groups are left out. Each
+    group names itself (``group``) and its parameters (``names``: plain tensors go to the
+    optimiser, since named parameters need torch ≥ 2.6).
+    """
+    prefixes = text_encoder_prefixes(model)
+    found: dict[str, list[tuple[str, Tensor]]] = {}
+    for name, parameter in model.named_parameters():
+        if not parameter.requires_grad:
+            continue
+        text = any(name.startswith(p) for p in prefixes)
+        group = ("text" if text else "decay") if not no_weight_decay(name, parameter) else (
+            "text_no_decay" if text else "no_decay"
+        )
+        found.setdefault(group, []).append((name, parameter))
+    settings = {
+        "decay": (lr, weight_decay),
+        "no_decay": (lr, 0.0),
+        "text": (lr * text_lr_ratio, weight_decay),
+        "text_no_decay": (lr * text_lr_ratio, 0.0),
+    }
+    return [
+        {
+            "params": [p for _, p in found[g]], "names": [n for n, _ in found[g]], "group": g,
+            "lr": rate, "weight_decay": decay,
+        }
+        for g, (rate, decay) in settings.items()
+        if g in found
+    ]
 
 
 def accuracy_metrics(pred: Tensor, target: Tensor) -> dict[str, Tensor]:
