@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -80,6 +81,15 @@ def test_predict_slides_and_feature_files_with_a_broken_slide(setup: dict[str, P
         assert "vascular_invasion" in geo["features"][0]["properties"]["measurements"]
     page = (out / "report.html").read_text()
     assert "broken" in page and "s0" in page and "<table" in page
+    # each heatmap's caption gives its weights in absolute terms (issue 11, item 10)
+    assert re.search(r"<figcaption>vascular_invasion — (near-uniform \(max/min|weights )",
+                     page)
+    assert "multiples of uniform (1/N)" in page
+    # the PNG carries a legend band below the thumbnail-sized map
+    import cv2
+    thumb = cv2.imread(str(out / "heatmaps" / "s0" / "thumbnail.png"))
+    legend = cv2.imread(str(out / "heatmaps" / "s0" / "vascular_invasion.png"))
+    assert legend.shape[1] == thumb.shape[1] and legend.shape[0] > thumb.shape[0]
     # the page and the CSV say whether (and how) the probabilities are calibrated
     stored = json.loads((setup["run"] / "run.json").read_text())["calibration"]
     assert stored["fitted_on"] == "train" and stored["n_slides"] == 4  # no validation slides

@@ -212,6 +212,10 @@ def _block_attention(q: Tensor, k: Tensor, v: Tensor, keys: Tensor, size: int) -
     return y.reshape(b, n_blocks, h, size, d).transpose(1, 2).reshape(b, h, n, d)
 
 
+#: Default of :class:`TFSAggregator`'s ``query_norm``.
+QUERY_NORM = False
+
+
 class TFSAggregator(nn.Module):
     """FiVE's Text-guided Feature Selection aggregator (see the module docstring).
 
@@ -230,6 +234,10 @@ class TFSAggregator(nn.Module):
         checkpoint_patches: local mode with gradients on, batches of more patches than this
             (B·N) recompute each chunk in the backward pass (activation checkpointing), so
             training memory stays flat in N; smaller ones keep their activations (faster).
+        query_norm: layer-normalise the prompts before the query projection, as the released
+            module does (queries of norm ≈ √dim instead of 1). None: :data:`QUERY_NORM`
+            (False). Measured on a development cohort it did not make the prompts select
+            (``docs/model.md``), so it is off and FiVE's weights and numerics are unchanged.
 
     Example:
         >>> import torch
@@ -253,8 +261,11 @@ class TFSAggregator(nn.Module):
         shift: bool = True,
         chunk_size: int = DEFAULT_CHUNK_SIZE,
         checkpoint_patches: int = DEFAULT_CHECKPOINT_PATCHES,
+        query_norm: bool | None = None,
     ) -> None:
         super().__init__()
+        if query_norm is None:
+            query_norm = QUERY_NORM
         if attention not in ATTENTION_MODES:
             raise ValueError(f"attention must be one of {ATTENTION_MODES}, got {attention!r}")
         if dim % heads:
@@ -269,6 +280,8 @@ class TFSAggregator(nn.Module):
         )
         self.self_drop = nn.Dropout(dropout)
         self.cross_norm = nn.LayerNorm(dim)
+        # Queries layer-normed as in the released module (norm ≈ √dim, like the keys').
+        self.query_norm = nn.LayerNorm(dim) if query_norm else None
         self.cross_q = nn.Linear(dim, dim)
         self.cross_k = nn.Linear(dim, dim)
         self.cross_v = nn.Linear(dim, dim)
@@ -300,7 +313,8 @@ class TFSAggregator(nn.Module):
         queries = prompts.unsqueeze(0).expand(b, -1, -1) if prompts.dim() == 2 else prompts
         n_prompts = queries.shape[1]
         head_dim = self.dim // self.heads
-        q = self.cross_q(queries).view(b, n_prompts, self.heads, head_dim).transpose(1, 2)
+        normed = queries if self.query_norm is None else self.query_norm(queries)
+        q = self.cross_q(normed).view(b, n_prompts, self.heads, head_dim).transpose(1, 2)
         origin = bag_origin(coords, mask)
         counts = mask.sum(1)
 

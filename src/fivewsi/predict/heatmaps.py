@@ -276,6 +276,62 @@ def colorbar(
     return np.ascontiguousarray(np.repeat(colours.transpose(1, 0, 2), height, axis=0))
 
 
+def attention_label(scores: np.ndarray, *, ascii_only: bool = False) -> str | None:
+    """The caption of an attention map in absolute terms (see
+    :meth:`fivewsi.predict.attention.AttentionRange.label`); None when ``scores`` are not
+    attention weights (negative, non-finite or all zero).
+
+    Example:
+        >>> attention_label(np.array([0.25, 0.25, 0.26, 0.24]))
+        'near-uniform (max/min 1.08×, entropy 1.00 of max)'
+    """
+    from fivewsi.predict.attention import attention_range
+
+    try:
+        return attention_range(scores).label(ascii_only=ascii_only)
+    except ValueError:
+        return None
+
+
+def with_legend(
+    image: np.ndarray, scores: np.ndarray, *, normalize: str = "rank", colormap: str = "turbo"
+) -> np.ndarray:
+    """``image`` with a legend band below it: the colour bar, what its ends mean, and the
+    map's range in absolute terms (:func:`attention_label`), so a near-uniform map painted
+    in the full colour range says so.
+
+    Example:
+        >>> img = np.zeros((60, 200, 3), np.uint8)
+        >>> with_legend(img, np.full(10, 0.1)).shape[0] > 60
+        True
+    """
+    width = image.shape[1]
+    band_h = 44
+    band = np.full((band_h, width, 3), 255, dtype=np.uint8)
+    bar_w = max(1, width - 16)
+    band[4:14, 8 : 8 + bar_w] = colorbar(bar_w, 10, colormap=colormap)
+    values = np.asarray(scores, dtype=np.float64).reshape(-1)
+    finite = values[np.isfinite(values)]
+    if normalize == "rank":
+        ends = ("lowest", "colour = rank among patches", "highest")
+    elif finite.size:
+        ends = (f"{finite.min():.3g}", "colour = score", f"{finite.max():.3g}")
+    else:
+        ends = ("", "", "")
+    label = attention_label(values, ascii_only=True) or ""
+    font, scale, ink = cv2.FONT_HERSHEY_SIMPLEX, 0.33, (20, 20, 20)
+    cv2.putText(band, ends[0], (8, 25), font, scale, ink, 1, cv2.LINE_AA)
+    mid = cv2.getTextSize(ends[1], font, scale, 1)[0][0]
+    cv2.putText(band, ends[1], (max(8, (width - mid) // 2), 25), font, scale, ink, 1,
+                cv2.LINE_AA)
+    right = cv2.getTextSize(ends[2], font, scale, 1)[0][0]
+    cv2.putText(band, ends[2], (max(8, width - 8 - right), 25), font, scale, ink, 1,
+                cv2.LINE_AA)
+    colour = (200, 30, 30) if label.startswith("near-uniform") else ink
+    cv2.putText(band, label, (8, 39), font, scale, colour, 1, cv2.LINE_AA)
+    return np.ascontiguousarray(np.concatenate([image, band], axis=0))
+
+
 def colormap_stops(colormap: str = "turbo", n: int = 9) -> list[str]:
     """``n`` evenly spaced colours of ``colormap`` as ``#rrggbb``, low to high (for CSS).
 

@@ -315,13 +315,29 @@ def _slide_index(slides: Sequence[SlideReport]) -> str:
     )
 
 
+def heatmap_caption(name: str, label: str) -> str:
+    """A gallery caption: the map's name and, when known, its range in absolute terms
+    (:func:`fivewsi.predict.heatmaps.attention_label`).
+
+    Example:
+        >>> heatmap_caption("stas", "near-uniform (max/min 1.08×, entropy 1.00 of max)")
+        'stas — near-uniform (max/min 1.08×, entropy 1.00 of max)'
+        >>> heatmap_caption("stas", "")
+        'stas'
+    """
+    return f"{name} — {label}" if label else name
+
+
 def _legend(colormap: str, normalize: str) -> str:
     gradient = ", ".join(colormap_stops(colormap, 9))
     note = _NORMALIZE_NOTES.get(normalize, "each patch's score")
     return (
         '<div class="legend"><span>low</span>'
         f'<span class="ramp" style="background: linear-gradient(to right, {gradient})"></span>'
-        f'<span>high</span><span class="note">heatmap colours: {_e(note)}</span></div>'
+        f'<span>high</span><span class="note">heatmap colours: {_e(note)}; each caption '
+        "gives the map's weights as multiples of uniform (1/N) and its entropy, and says "
+        "when a map is near-uniform (entropy ≥ 0.99 of its maximum or max/min &lt; 1.5×): "
+        "its colours then span differences too small to matter</span></div>"
     )
 
 

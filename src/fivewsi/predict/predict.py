@@ -89,6 +89,7 @@ class SlideOutcome:
     description: str = ""
     n_patches: int = 0
     heatmaps: dict[str, Path] = field(default_factory=dict)
+    heatmap_labels: dict[str, str] = field(default_factory=dict)  # map's range, absolute terms
     thumbnail: Path | None = None
     geojson: Path | None = None
 
@@ -333,7 +334,7 @@ def _render_one(
     config: PredictConfig,
 ) -> None:
     from fivewsi.predict.geojson import patch_geojson, write_geojson
-    from fivewsi.predict.heatmaps import HeatmapCanvas, save_png
+    from fivewsi.predict.heatmaps import HeatmapCanvas, attention_label, save_png, with_legend
 
     assert outcome.prediction is not None
     if bag.coords is None or not (config.heatmaps or config.geojson):
@@ -360,7 +361,9 @@ def _render_one(
     outcome.thumbnail = save_png(folder / "thumbnail.png", plain)
     for name, values in scores.items():
         filename = heatmap_file_name(name)
-        outcome.heatmaps[name] = save_png(folder / filename, canvas.render(values))
+        image = with_legend(canvas.render(values), values)
+        outcome.heatmaps[name] = save_png(folder / filename, image)
+        outcome.heatmap_labels[name] = attention_label(values) or ""
 
 
 def heatmap_file_name(name: str) -> str:
@@ -434,7 +437,7 @@ def _write_page(
 
 
 def _slide_report(outcome: SlideOutcome, classifier: SlideClassifier, out: Path) -> SlideReport:
-    from fivewsi.predict.html import AttributeRow, SlideImage, SlideReport
+    from fivewsi.predict.html import AttributeRow, SlideImage, SlideReport, heatmap_caption
 
     p = outcome.prediction
     questions = {q.key: q for q in classifier.questions.questions} if p else {}
@@ -454,7 +457,8 @@ def _slide_report(outcome: SlideOutcome, classifier: SlideClassifier, out: Path)
         attributes=rows,
         description=outcome.description or None,
         thumbnail=SlideImage("slide", outcome.thumbnail) if outcome.thumbnail else None,
-        heatmaps=[SlideImage(name, path) for name, path in outcome.heatmaps.items()],
+        heatmaps=[SlideImage(heatmap_caption(name, outcome.heatmap_labels.get(name, "")), path)
+                  for name, path in outcome.heatmaps.items()],
         geojson=str(outcome.geojson.relative_to(out)) if outcome.geojson else None,
         details={"patches": outcome.n_patches, "source": outcome.source.name},
     )

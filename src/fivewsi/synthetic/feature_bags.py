@@ -12,10 +12,12 @@ Example:
     >>> rng = np.random.default_rng(0)
     >>> world = make_world(rng, 8, 3, 6.0, 6.0, 3.0, 4.0, load_question_set("lung"))
     >>> categories = draw_categories("LUAD", rng)
-    >>> features, coords, tumour, grid = make_bag(rng, world, "LUAD", categories, (40, 40),
-    ...                                           (0.1, 0.1), 5.0, 0.5)
+    >>> features, coords, tumour, grid, evidence = make_bag(
+    ...     rng, world, "LUAD", categories, (40, 40), (0.1, 0.1), 5.0, 0.5)
     >>> features.shape[1], coords.shape[1], len(tumour) >= 6
     (8, 2, True)
+    >>> sorted(evidence) == sorted(FIELDS), set(evidence["differentiation"]) == set(tumour)
+    (True, True)
 """
 
 from __future__ import annotations
@@ -29,6 +31,11 @@ import numpy as np
 from fivewsi.reports.questions import QuestionSet
 from fivewsi.reports.schema import UNKNOWN
 from fivewsi.synthetic.lung import CLASSES, FIELDS, FINDING
+
+#: Where the findings sit (:func:`make_bag`): ``"tumour"`` (the default, every finding on the
+#: tumour region or its parts) or ``"distinct"`` (differentiation in the tumour core, pleural
+#: invasion on a strip of tissue edge at the tumour, STAS in satellites away from it).
+PLACEMENTS = ("tumour", "distinct")
 
 #: Level-0 pixels per patch of the feature grid (patch coordinates are grid cells x this).
 PATCH_SIZE = 256
@@ -161,9 +168,25 @@ def make_bag(
     tumour_fraction: tuple[float, float],
     nuisance_strength: float,
     noise: float,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple[int, int]]:
+    placement: str = "tumour",
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple[int, int], dict[str, np.ndarray]]:
     """One slide's bag: ``(features [n, dim] float32, coords [n, 2] level-0 px, tumour patch
-    indices, grid (rows, cols))``, patches in row-major order of their coordinates."""
+    indices, grid (rows, cols), evidence)``, patches in row-major order of their coordinates.
+
+    ``evidence`` maps each of :data:`~fivewsi.synthetic.lung.FIELDS` to the sorted indices of
+    the patches that carry its finding (empty when the slide does not show the finding;
+    differentiation: every patch that carries the grade's direction).
+
+    ``placement="tumour"`` (default) puts every finding on the tumour region or its parts (the
+    bags are those of earlier versions, draw for draw). ``"distinct"`` moves three findings so
+    that their patches differ: the grade only on the tumour's core (the region less its rim),
+    pleural invasion on the tissue-edge patches within 2 grid steps of the tumour (inside or
+    outside it), STAS in 2-4 satellite clusters (2-4 patches each, half the tumour prototype
+    plus the finding) 3-8 grid steps away from the tumour. Vascular invasion, adjacent
+    invasion and margins stay where ``"tumour"`` puts them.
+    """
+    if placement not in PLACEMENTS:
+        raise ValueError(f"placement must be one of {PLACEMENTS}, got {placement!r}")
     cells = _tissue_grid(rng, int(rng.integers(n_patches[0], n_patches[1] + 1)))
     n, dim = len(cells), world.tissue.shape[1]
     neighbours = _neighbour_table(cells)
@@ -195,10 +218,14 @@ def make_bag(
     features[tumour] = 0.25 * features[tumour] + world.tumour
     sign = 0.5 if label == CLASSES[0] else -0.5
     features[tumour] += sign * world.class_axis
-    features[tumour] += world.findings["differentiation", categories["differentiation"]]
-
     outside = ~np.append(in_tumour, False)[neighbours]  # glass counts as outside
     rim = tumour[outside[tumour].any(axis=1)]
+    graded = tumour
+    if placement == "distinct":
+        core = np.setdiff1d(tumour, rim)
+        graded = core if len(core) >= 2 else tumour
+    features[graded] += world.findings["differentiation", categories["differentiation"]]
+
     edge_part = tumour[at_edge[tumour]]
     parts = {
         "stas": rim,
@@ -209,6 +236,14 @@ def make_bag(
         start = int(rng.choice(tumour))
         parts[key] = _grow(start, max(2, round(0.3 * size)), cells, neighbours, in_tumour,
                            rng)
+    if placement == "distinct":
+        steps = _steps_from(tumour, neighbours)
+        strip = np.flatnonzero(at_edge & (steps <= 2))
+        parts["pleural_invasion"] = strip if len(strip) else parts["pleural_invasion"]
+        satellites = _satellites(rng, cells, neighbours, steps)
+        if categories["stas"] == FINDING["stas"] and len(satellites):
+            features[satellites] = 0.5 * features[satellites] + 0.5 * world.tumour
+        parts["stas"] = satellites if len(satellites) else rim
     for key, where in parts.items():
         if categories[key] == FINDING[key]:
             features[where] += world.findings[key, FINDING[key]]
@@ -224,4 +259,41 @@ def make_bag(
     rank[order] = np.arange(n)
     coords = cells[order][:, ::-1].astype(np.int64) * PATCH_SIZE
     grid = (int(cells[:, 0].max()) + 1, int(cells[:, 1].max()) + 1)
-    return features[order].astype(np.float32), coords, np.sort(rank[tumour]), grid
+    empty = np.zeros(0, dtype=np.int64)
+    evidence = {"differentiation": np.sort(rank[graded])}
+    for key in FIELDS[1:]:
+        shown = categories[key] == FINDING[key]
+        evidence[key] = np.sort(rank[np.unique(parts[key])]) if shown else empty
+    return (features[order].astype(np.float32), coords, np.sort(rank[tumour]), grid,
+            evidence)
+
+
+def _steps_from(region: np.ndarray, neighbours: np.ndarray) -> np.ndarray:
+    """Grid steps (through tissue, 4-neighbours) from each cell to ``region`` (0 inside it;
+    a large number where tissue does not connect)."""
+    n = len(neighbours)
+    steps = np.full(n, n + 1, dtype=np.int64)
+    steps[region] = 0
+    frontier, d = np.asarray(region, dtype=np.int64), 0
+    while len(frontier):
+        d += 1
+        nxt = neighbours[frontier].ravel()
+        nxt = np.unique(nxt[nxt >= 0])
+        nxt = nxt[steps[nxt] > d]
+        steps[nxt] = d
+        frontier = nxt
+    return steps
+
+
+def _satellites(rng: np.random.Generator, cells: np.ndarray, neighbours: np.ndarray,
+                steps: np.ndarray) -> np.ndarray:
+    """2-4 small clusters (2-4 cells each) seeded 3-8 grid steps from the tumour and kept at
+    least 2 steps from it (sorted cell indices; empty when the tissue has no room)."""
+    pool = np.flatnonzero((steps >= 3) & (steps <= 8))
+    if len(pool) == 0:
+        return np.zeros(0, dtype=np.int64)
+    allowed = steps >= 2
+    seeds = rng.choice(pool, size=min(len(pool), int(rng.integers(2, 5))), replace=False)
+    chosen = [_grow(int(s), int(rng.integers(2, 5)), cells, neighbours, allowed, rng)
+              for s in seeds]
+    return np.unique(np.concatenate(chosen))

@@ -23,7 +23,10 @@ Generative model (``d`` = ``dim``; every direction is a random unit vector times
    otherwise). Its patches get the tumour prototype, the class shift and the differentiation
    direction; findings sit on sub-parts: STAS on the region's rim, pleural and adjacent
    invasion on the part touching the tissue edge, vascular invasion and involved margins on
-   small contiguous sub-clusters.
+   small contiguous sub-clusters. With ``placement="distinct"`` three findings move apart:
+   the grade only on the tumour's core, pleural invasion on the tissue edge within 2 steps of
+   the tumour, STAS in small satellite clusters 3-8 steps away from it. Each slide records,
+   per field, which patches carry its finding (``FeatureSlide.evidence``, ``truth.json``).
 5. Every patch gets the slide's nuisance shift (``nuisance_strength``, larger than the class
    shift, and the same on every patch of the slide) and Gaussian noise (``noise`` per
    dimension).
@@ -51,8 +54,9 @@ Output folder ``OUT/``: ``features/<slide_id>.h5`` (TRIDENT layout via
 :func:`~fivewsi.features.bags.save_bag`, grid coords × 256 level-0 px, 0.5 µm/px, encoder
 ``synthetic``), ``cohort.csv`` (slide_id, label, report_label, split), ``classes.csv``,
 ``reports/<slide_id>.txt`` and ``truth.json`` (true and reported categories, tumour patch
-indices per slide). Test slides' ``report_label`` is left empty unless ``test_reports``: no
-pretraining can see a test report by accident.
+indices and each field's evidence patches per slide, the placement). Test slides'
+``report_label`` is left empty unless ``test_reports``: no pretraining can see a test report
+by accident.
 
 Example:
     >>> import tempfile, pathlib
@@ -77,7 +81,7 @@ from fivewsi.features.bags import save_bag
 from fivewsi.reports.questions import load_question_set
 from fivewsi.reports.render import render_label
 from fivewsi.reports.schema import UNKNOWN
-from fivewsi.synthetic.feature_bags import PATCH_SIZE, make_bag, make_world
+from fivewsi.synthetic.feature_bags import PATCH_SIZE, PLACEMENTS, make_bag, make_world
 from fivewsi.synthetic.lung import CLASSES, MPP, UNKNOWN_RATE, class_descriptions, draw_categories
 from fivewsi.synthetic.reports import report_text
 from fivewsi.utils.atomic import tmp_path_for, write_text_atomic
@@ -100,6 +104,8 @@ class FeatureSlide:
         report_label: the rendered fine-grained label of ``reported``.
         n_patches: patches in the bag.
         tumour: indices of the tumour-region patches, sorted.
+        evidence: per field (question key), the sorted indices of the patches that carry its
+            finding (empty where the slide does not show it; see ``placement``).
     """
 
     slide_id: str
@@ -110,6 +116,7 @@ class FeatureSlide:
     report_label: str
     n_patches: int
     tumour: np.ndarray
+    evidence: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 @dataclass
@@ -148,6 +155,7 @@ def make_feature_cohort(
     nuisance_strength: float = 5.0,
     noise: float = 0.5,
     test_reports: bool = False,
+    placement: str = "tumour",
     overwrite: bool = False,
 ) -> FeatureCohort:
     """Write a synthetic LUAD / LUSC cohort to ``out`` (see the module docstring).
@@ -169,6 +177,11 @@ def make_feature_cohort(
         nuisance_strength: typical norm of the per-slide stain / scanner shift.
         noise: per-dimension standard deviation of the patch noise.
         test_reports: also write test slides' ``report_label`` into ``cohort.csv``.
+        placement: where the findings sit: ``"tumour"`` (default; every finding on the tumour
+            region or its parts) or ``"distinct"`` (grade in the tumour core, pleural
+            invasion on the tissue edge at the tumour, STAS in satellites away from it; see
+            :func:`~fivewsi.synthetic.feature_bags.make_bag`). Either way each slide's
+            ``evidence`` (and ``truth.json``) records which patches carry each finding.
         overwrite: replace a cohort already in ``out`` (else FileExistsError).
 
     Raises:
@@ -182,6 +195,8 @@ def make_feature_cohort(
         ['LUAD', 'LUSC']
     """
     _check_args(n_train, n_test, dim, n_patches, tumour_fraction, unknown_rate, tissue_types)
+    if placement not in PLACEMENTS:
+        raise ValueError(f"placement must be one of {PLACEMENTS}, got {placement!r}")
     root = Path(out)
     cohort_csv, classes_csv = root / "cohort.csv", root / "classes.csv"
     features_dir, reports_dir = root / "features", root / "reports"
@@ -206,13 +221,15 @@ def make_feature_cohort(
         categories = draw_categories(label, rng)
         reported = {k: (UNKNOWN if rng.random() < unknown_rate else c)
                     for k, c in categories.items()}
-        features, coords, tumour, grid = make_bag(
-            rng, world, label, categories, n_patches, tumour_fraction, nuisance_strength, noise
+        features, coords, tumour, grid, evidence = make_bag(
+            rng, world, label, categories, n_patches, tumour_fraction, nuisance_strength, noise,
+            placement,
         )
         _save(features_dir / f"{slide_id}.h5", slide_id, features, coords, grid, seed)
         _write_report(reports_dir / f"{slide_id}.txt", report_text(label, reported, rng))
         slides.append(FeatureSlide(slide_id, label, split, categories, reported,
-                                     render_label(reported, qs), len(features), tumour))
+                                     render_label(reported, qs), len(features), tumour,
+                                     evidence))
     if overwrite:
         _remove_stale(features_dir, reports_dir, {s.slide_id for s in slides})
     classes = class_descriptions(qs)
@@ -224,7 +241,7 @@ def make_feature_cohort(
         cohort_csv,
     )
     truth_json = root / "truth.json"
-    write_text_atomic(truth_json, _truth_text(slides, seed))
+    write_text_atomic(truth_json, _truth_text(slides, seed, placement))
     log.info("synthetic cohort: %d slides (%d train, %d test) in %s",
              len(slides), n_train, n_test, root)
     return FeatureCohort(features_dir, cohort_csv, classes_csv, reports_dir, root, truth_json,
@@ -232,18 +249,21 @@ def make_feature_cohort(
 
 
 def load_truth(root: str | os.PathLike[str]) -> dict[str, dict[str, object]]:
-    """``truth.json`` of a synthetic cohort: slide_id → its ground truth (tumour as an array).
+    """``truth.json`` of a synthetic cohort: slide_id → its ground truth (tumour and each
+    field's evidence as arrays).
 
     Example:
         >>> import tempfile, pathlib
         >>> c = make_feature_cohort(pathlib.Path(tempfile.mkdtemp()), n_train=2, n_test=0)
         >>> sorted(load_truth(c.root)["syn-0000"])[:3]
-        ['categories', 'label', 'n_patches']
+        ['categories', 'evidence', 'label']
     """
     data = json.loads((Path(root) / "truth.json").read_text(encoding="utf-8"))
     slides = data["slides"]
     for info in slides.values():
         info["tumour"] = np.asarray(info["tumour"], dtype=np.int64)
+        info["evidence"] = {k: np.asarray(v, dtype=np.int64)
+                            for k, v in info.get("evidence", {}).items()}
     return slides
 
 
@@ -283,9 +303,10 @@ def _write_report(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def _truth_text(slides: list[FeatureSlide], seed: int) -> str:
+def _truth_text(slides: list[FeatureSlide], seed: int, placement: str) -> str:
     data = {
         "seed": seed,
+        "placement": placement,
         "classes": list(CLASSES),
         "slides": {
             s.slide_id: {
@@ -295,6 +316,7 @@ def _truth_text(slides: list[FeatureSlide], seed: int) -> str:
                 "reported": s.reported,
                 "n_patches": s.n_patches,
                 "tumour": s.tumour.tolist(),
+                "evidence": {k: v.tolist() for k, v in s.evidence.items()},
             }
             for s in slides
         },
