@@ -14,6 +14,7 @@ from typing import Any
 
 import lightning as L
 import pytest
+import torch
 
 from conftest import write_tiny_text_model
 from fivewsi.synthetic import FeatureCohort, make_feature_cohort
@@ -71,3 +72,23 @@ def test_pretraining_encodes_each_text_once_and_reads_each_bag_once(
     encoder = watch.encoder
     assert encoder is not None and not encoder.lora
     assert watch.encoded == watch.cached > 3 * 4
+
+
+def test_cached_bags_train_exactly_as_bags_read_every_epoch(
+    cohort: FeatureCohort, tmp_path: Path
+) -> None:
+    from safetensors.torch import load_file
+
+    weights = {}
+    for cache_gb in (0.0, 1.0):
+        out = tmp_path / f"run-{cache_gb}"
+        train(TrainConfig(
+            features=cohort.features_dir, cohort=cohort.cohort_csv, out=out, epochs=2,
+            min_steps=0, batch_size=4, progress=False, negatives="all", cache_gb=cache_gb,
+            model_options={"dim": 32, "heads": 4, "n_learnable_prompts": 2,
+                           "text_encoder": str(cohort.root / "tiny-bert")},
+        ))
+        weights[cache_gb] = load_file(str(out / "model.safetensors"))
+    assert weights[0.0].keys() == weights[1.0].keys()
+    for key, value in weights[0.0].items():
+        assert torch.equal(value, weights[1.0][key]), key
