@@ -147,7 +147,9 @@ class BagDataset(Dataset[dict[str, Any]]):
         self.max_patches = max_patches
         self.seed = seed
         self.epoch = 0
-        self.cache = cache or BagCache(0)
+        # Not ``cache or ...``: an empty BagCache has length 0, so it is falsy, and the run's
+        # shared cache would be swapped for one that keeps nothing (every epoch re-read files).
+        self.cache = cache if cache is not None else BagCache(0)
 
     def __len__(self) -> int:
         return len(self.items)
