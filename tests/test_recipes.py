@@ -209,3 +209,30 @@ def test_l2sp_penalty_is_zero_at_the_start_and_grows_away_from_it() -> None:
     with torch.no_grad():
         layer.weight.add_(0.5)
     assert float(l2sp_penalty(layer, anchor).detach()) == pytest.approx(6 * 0.25)
+
+
+# -- the command line --------------------------------------------------------------------------
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "fivewsi", *args], capture_output=True,
+                          text=True, timeout=300, env=env)
+
+
+def test_cli_train_init_on_classes_takes_the_default_recipe(
+    runs: dict[str, Path], cohort: FeatureCohort, tmp_path: Path
+) -> None:
+    options = tmp_path / "options.json"  # YAML reads JSON
+    options.write_text(json.dumps({"model_options": {
+        **TINY, "text_encoder": str(cohort.root / "tiny-bert")}}))
+    common = ["train", "--config", str(options), "--features", str(cohort.features_dir), "--cohort",
+              str(cohort.cohort_csv), "--classes", str(cohort.classes_csv), "--init",
+              str(runs["pretrained"]), "--shots", "1", "--no-progress"]
+    bad = _cli(*common, "--out", str(tmp_path / "bad"), "--recipe", "tip")
+    assert bad.returncode == 2 and "recipe" in bad.stderr and "Traceback" not in bad.stderr
+    done = _cli(*common, "--out", str(tmp_path / "run"))
+    assert done.returncode == 0, done.stderr[-2000:]
+    record = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert record["result"]["recipe"] == DEFAULT_INIT_RECIPE
+    assert (tmp_path / "run" / ADAPTER_FILE).is_file()
