@@ -56,7 +56,9 @@ def runs(cohort: FeatureCohort, tmp_path_factory: pytest.TempPathFactory) -> dic
     pretrained = root / "pretrain"
     train(_config(cohort, pretrained, epochs=2))
     made = {"pretrained": pretrained}
-    for name, recipe in [("default", None), ("partial", {"name": "partial", "steps_per_shot": 3}),
+    for name, recipe in [("default", None), ("tip", {"name": "tip-adapter"}),
+                         ("full", {"name": "full"}),
+                         ("partial", {"name": "partial", "steps_per_shot": 3}),
                          ("wise0", {"name": "partial", "steps_per_shot": 3, "wise_ft": 0.0})]:
         extra = {} if recipe is None else {"recipe": recipe}
         made[name] = root / name
@@ -110,30 +112,41 @@ def test_tip_adapter_with_alpha_zero_is_zero_shot_and_moves_shots_to_their_label
     assert bool((gain[torch.arange(6), labels] > 0).all())
 
 
-def test_the_default_recipe_of_init_on_classes_is_recorded_and_trains_nothing(
-    runs: dict[str, Path],
-) -> None:
-    record = json.loads((runs["default"] / "run.json").read_text())
-    assert DEFAULT_INIT_RECIPE == "tip-adapter"
-    assert record["config"]["recipe"]["name"] == "auto"
+def test_tip_adapter_is_recorded_and_trains_nothing(runs: dict[str, Path]) -> None:
+    record = json.loads((runs["tip"] / "run.json").read_text())
+    assert record["config"]["recipe"]["name"] == "tip-adapter"
     assert record["result"]["recipe"] == "tip-adapter" and record["result"]["epochs"] == 0
     assert record["adapter_file"] == ADAPTER_FILE
-    assert not (runs["default"] / "checkpoints").exists()
+    assert not (runs["tip"] / "checkpoints").exists()
     start = load_file(str(runs["pretrained"] / "model.safetensors"))
-    kept = load_file(str(runs["default"] / "model.safetensors"))
+    kept = load_file(str(runs["tip"] / "model.safetensors"))
     assert all(torch.equal(start[k], kept[k]) for k in start)
-    cache = load_adapter(runs["default"] / ADAPTER_FILE)
+    cache = load_adapter(runs["tip"] / ADAPTER_FILE)
     assert cache.keys.shape[0] == 4 and cache.values.sum(0).tolist() == [2.0, 2.0]
     assert torch.allclose(cache.keys.norm(dim=1), torch.ones(4), atol=1e-5)
+
+
+def test_init_on_classes_takes_the_default_recipe(runs: dict[str, Path]) -> None:
+    assert DEFAULT_INIT_RECIPE == "partial"
+    default = json.loads((runs["default"] / "run.json").read_text())
+    assert default["config"]["recipe"]["name"] == "auto"
+    assert default["result"]["recipe"] == DEFAULT_INIT_RECIPE
+    assert default.get("adapter_file") is None
+    # steps scaled with k: 10 steps per shot, 2 shots -> 20 steps (one batch per epoch)
+    assert default["result"]["epochs"] == 20
+    full = json.loads((runs["full"] / "run.json").read_text())
+    assert full["result"]["recipe"] == "full"
+    scratch = TrainConfig(features="f", cohort="c.csv", out="r", classes="c.csv")
+    assert scratch.recipe.name == "auto"  # resolves to full without --init (resolve_recipe)
 
 
 def test_the_stored_cache_moves_the_shots_toward_their_labels(
     runs: dict[str, Path], cohort: FeatureCohort
 ) -> None:
-    adapted = load_model(runs["default"])
+    adapted = load_model(runs["tip"])
     zero = load_model(runs["pretrained"], classes=cohort.classes_csv)
     assert adapted.adapter is not None and zero.adapter is None
-    for bag, label in _shot_bags(runs["default"], cohort):
+    for bag, label in _shot_bags(runs["tip"], cohort):
         c = adapted.classes.index(label)
         assert adapted.predict(bag).probabilities[c] > zero.predict(bag).probabilities[c]
 
@@ -142,10 +155,10 @@ def test_the_cache_reloads_to_identical_probabilities(
     runs: dict[str, Path], cohort: FeatureCohort, tmp_path: Path
 ) -> None:
     bags = [load_bag(p) for p in sorted(cohort.features_dir.glob("*.h5"))[:3]]
-    first = [p.probabilities for p in load_model(runs["default"]).predict_batch(bags)]
-    again = [p.probabilities for p in load_model(runs["default"]).predict_batch(bags)]
+    first = [p.probabilities for p in load_model(runs["tip"]).predict_batch(bags)]
+    again = [p.probabilities for p in load_model(runs["tip"]).predict_batch(bags)]
     assert all(np.array_equal(a, b) for a, b in zip(first, again, strict=True))
-    cache = load_adapter(runs["default"] / ADAPTER_FILE)
+    cache = load_adapter(runs["tip"] / ADAPTER_FILE)
     save_adapter(cache, tmp_path / "copy.safetensors")
     copy = load_adapter(tmp_path / "copy.safetensors")
     assert torch.equal(copy.keys, cache.keys) and (copy.alpha, copy.beta) == (1.0, 5.5)
@@ -154,7 +167,7 @@ def test_the_cache_reloads_to_identical_probabilities(
 def test_other_descriptions_get_no_cache(runs: dict[str, Path], cohort: FeatureCohort) -> None:
     other = [ClassDescription(c.name, c.description + " tissue")
              for c in read_classes(cohort.classes_csv)]
-    assert load_model(runs["default"], classes=other).adapter is None
+    assert load_model(runs["tip"], classes=other).adapter is None
 
 
 def test_a_broken_cache_is_a_run_error(tmp_path: Path) -> None:
@@ -178,7 +191,7 @@ def test_a_tip_adapter_run_predicts_without_lightning_nor_text_model(
 ) -> None:
     bag = sorted(cohort.features_dir.glob("*.h5"))[0]
     done = subprocess.run(
-        [sys.executable, "-c", _NO_TRAINING_STACK, str(runs["default"]), str(bag)],
+        [sys.executable, "-c", _NO_TRAINING_STACK, str(runs["tip"]), str(bag)],
         capture_output=True, text=True, timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
     assert done.returncode == 0, done.stderr[-2000:]
@@ -187,12 +200,13 @@ def test_a_tip_adapter_run_predicts_without_lightning_nor_text_model(
 # -- partial, L2-SP, WiSE-FT -------------------------------------------------------------------
 
 
-def test_partial_trains_only_the_aggregator(runs: dict[str, Path]) -> None:
+@pytest.mark.parametrize("name", ["default", "partial"])
+def test_partial_trains_only_the_aggregator(name: str, runs: dict[str, Path]) -> None:
     start = load_file(str(runs["pretrained"] / "model.safetensors"))
-    tuned = load_file(str(runs["partial"] / "model.safetensors"))
+    tuned = load_file(str(runs[name] / "model.safetensors"))
     changed = {k for k in start if not torch.equal(start[k], tuned[k])}
     assert changed and all(k.startswith("aggregator.") for k in changed)
-    record = json.loads((runs["partial"] / "run.json").read_text())
+    record = json.loads((runs[name] / "run.json").read_text())
     assert record["result"]["epochs"] >= 1 and record.get("adapter_file") is None
 
 
@@ -235,4 +249,6 @@ def test_cli_train_init_on_classes_takes_the_default_recipe(
     assert done.returncode == 0, done.stderr[-2000:]
     record = json.loads((tmp_path / "run" / "run.json").read_text())
     assert record["result"]["recipe"] == DEFAULT_INIT_RECIPE
-    assert (tmp_path / "run" / ADAPTER_FILE).is_file()
+    tip = _cli(*common, "--out", str(tmp_path / "tip"), "--recipe", "tip-adapter")
+    assert tip.returncode == 0, tip.stderr[-2000:]
+    assert (tmp_path / "tip" / ADAPTER_FILE).is_file()

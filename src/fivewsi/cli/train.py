@@ -53,7 +53,7 @@ def train_command(
     ] = None,
     recipe: Annotated[
         str | None,
-        typer.Option(help="Few-shot recipe of a classes run: auto (tip-adapter from a text-aligned "
+        typer.Option(help="Few-shot recipe of a classes run: auto (partial from a text-aligned "
                           "--init, else full), full, tip-adapter, partial; its settings in a "
                           "--config file's recipe. (default: auto)"),
     ] = None,

@@ -95,7 +95,7 @@ class TrainConfig(BaseModel):
     recipe: Recipe = Field(
         default_factory=Recipe,
         description="few-shot recipe of a classes run (fivewsi.training.recipes); auto: "
-        "tip-adapter for a text-aligned model from --init, full otherwise",
+        "partial for a text-aligned model from --init, full otherwise",
     )
 
     device: str = "auto"

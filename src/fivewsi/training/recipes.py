@@ -22,7 +22,7 @@ Example:
     >>> Recipe().name
     'auto'
     >>> resolve_recipe(Recipe(), text_aligned=True, init=True, stage="classes").name
-    'tip-adapter'
+    'partial'
     >>> resolve_recipe(Recipe(), text_aligned=False, init=False, stage="classes").name
     'full'
     >>> Recipe(name="partial", wise_ft=1.5)  # doctest: +ELLIPSIS
@@ -47,7 +47,7 @@ if TYPE_CHECKING:
 RecipeName = Literal["auto", "full", "tip-adapter", "partial"]
 
 #: What ``auto`` means for a text-aligned model fine-tuned on classes from ``--init``.
-DEFAULT_INIT_RECIPE: RecipeName = "tip-adapter"
+DEFAULT_INIT_RECIPE: RecipeName = "partial"
 
 #: Parameters the ``partial`` recipe trains (name prefixes); everything else is frozen.
 PARTIAL_TRAINABLE = ("aggregator.",)

@@ -282,6 +282,7 @@ def _train(
             "best_epoch": fitted.best_epoch,
             "seconds": round(time.perf_counter() - started, 3),
             "resumed": resume,
+            "recipe": recipe.name,
         }
         write_record(out, finish_record(record, result, texts))
     dist.barrier()
