@@ -19,7 +19,7 @@ Prints one table (balanced accuracy %, mean ± sd over seeds, per k) and writes
 ``OUT/recipe.json`` and ``OUT/recipe.md``.
 
 Usage:
-    python benchmarks/bench_recipe.py --out /tmp/recipe              # the comparison (~10 min)
+    python benchmarks/bench_recipe.py --out /tmp/recipe    # the comparison (~15 min, 2 cores)
     python benchmarks/bench_recipe.py --cohort /tmp/recipe-dev/cohort \\
         --pretrained /tmp/recipe-dev/pretrain --out /tmp/recipe      # reuse a dev pretraining
 """
