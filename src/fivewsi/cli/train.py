@@ -51,6 +51,12 @@ def train_command(
         typer.Option(help=_help("auto (classes with --classes, else reports), reports, classes.",
                                 "objective")),
     ] = None,
+    recipe: Annotated[
+        str | None,
+        typer.Option(help="Few-shot recipe of a classes run: auto (partial from a text-aligned "
+                          "--init, else full), full, tip-adapter, partial; its settings in a "
+                          "--config file's recipe. (default: auto)"),
+    ] = None,
     epochs: Annotated[int | None, typer.Option(help=_help("Training epochs.", "epochs"))] = None,
     min_steps: Annotated[
         int | None,
@@ -152,6 +158,8 @@ def train_command(
         progress=progress,
     ))
     settings["model_options"] = model_options
+    if recipe is not None:
+        settings["recipe"] = {**dict(settings.get("recipe") or {}), "name": recipe}
     result = train(TrainConfig(**settings))
     if result.skipped:
         console.print(f"{result.run} already finished (use --overwrite to train again)")

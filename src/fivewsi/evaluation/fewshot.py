@@ -3,7 +3,9 @@
 Each cell trains one run (``fivewsi.training.train`` with ``shots=k, seed=seed``) into
 ``OUT/runs/<model>/k<k>/seed<seed>`` and evaluates it on the cohort's test split into the same
 folder (``metrics.json``, ``predictions.csv``). With a report-pretrained FiVE run
-(``pretrained``), a ``five+reports`` row fine-tunes from it, and a zero-shot cell (k = 0,
+(``pretrained``), a ``five+reports`` row starts from it with the default few-shot recipe
+(``fivewsi.training.recipes``: ``partial`` unless ``train_options`` or the row's
+``overrides`` set ``recipe``), and a zero-shot cell (k = 0,
 ``OUT/runs/five+reports/k0``) scores the pretrained run against the class descriptions alone.
 
 The grid resumes: a cell whose ``metrics.json`` exists is read back, not redone (after checking

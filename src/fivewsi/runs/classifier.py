@@ -30,6 +30,7 @@ from fivewsi.features.bags import Bag
 from fivewsi.model.interfaces import SlideModel, TextAlignedModel
 from fivewsi.model.outputs import bag_batch
 from fivewsi.reports.questions import QuestionSet, load_question_set
+from fivewsi.runs.adapter import TipAdapter, load_adapter
 from fivewsi.runs.record import (
     WEIGHTS_FILE,
     CalibrationRecord,
@@ -122,12 +123,18 @@ class SlideClassifier:
         record: RunRecord,
         device: str | torch.device = "cpu",
         temperature: float = 1.0,
+        adapter: TipAdapter | None = None,
     ) -> None:
         if not temperature > 0:
             raise RunError(f"the calibration temperature must be positive, got {temperature}")
         self.device = torch.device(device)
         #: Divides the class scores before the softmax (1: uncalibrated).
         self.temperature = float(temperature)
+        #: A ``tip-adapter`` run's cache of its shots, added to the class scores (None: none).
+        self.adapter = adapter
+        if adapter is not None and adapter.n_classes != len(classes):
+            raise RunError(f"the adapter cache has {adapter.n_classes} classes, the classifier "
+                           f"{len(classes)}")
         self.model = model.to(self.device).eval()
         self.classes = list(classes)
         self.descriptions = list(descriptions)
@@ -239,6 +246,8 @@ class SlideClassifier:
             return []
         output = self.model(bag_batch(bags).to(self.device))
         logits = self.model.class_logits(output, self.descriptions).float()
+        if self.adapter is not None:
+            logits = self.adapter.logits(output.embedding, logits, scale=self.logit_scale())
         probabilities = torch.softmax(logits / self.temperature, dim=1)
         predicted = probabilities.argmax(1)
         results = []
@@ -355,6 +364,13 @@ def load_model(
     if record.calibration is not None and not own_classes and record.temperature != 1.0:
         log.info("%s: other class descriptions than the run's: its temperature is not applied",
                  run)
+    adapter = None
+    if record.adapter_file:
+        if own_classes:
+            adapter = load_adapter(run / record.adapter_file)
+        else:
+            log.info("%s: other class descriptions than the run's: its shots' cache is not "
+                     "applied (zero-shot scores)", run)
     return SlideClassifier(
         model,
         classes=[c.name for c in chosen],
@@ -364,6 +380,7 @@ def load_model(
         # The temperature was fitted on the run's own classes; other descriptions are other
         # scores, which it was not fitted for.
         temperature=record.temperature if own_classes else 1.0,
+        adapter=adapter,
     )
 
 

@@ -11,6 +11,8 @@ Layout of ``RUN/``:
 - ``texts.safetensors`` — text-aligned runs: the text encoder's outputs for the run's own texts
   (question prompts, class descriptions, attribute phrases), so loading the run to predict never
   loads the text model for them.
+- ``adapter.safetensors`` — ``tip-adapter`` runs only: the cache of the shots' slide embeddings
+  and labels added to the class scores (:mod:`fivewsi.runs.adapter`).
 - ``split.csv`` — the slides used for training and validation (``slide_id,role,label``).
 - ``checkpoints/last.ckpt`` — Lightning checkpoint for exact resumption.
 - ``logs/`` — metrics as CSV (and TensorBoard when installed).
@@ -138,6 +140,9 @@ class RunRecord(BaseModel):
     result: dict[str, Any] | None = None
     #: Fine-tuned runs: the fitted temperature; None (older runs, pretrained runs) means T = 1.
     calibration: CalibrationRecord | None = None
+    #: ``tip-adapter`` runs: the shots' cache file (``fivewsi.runs.adapter``), applied to the
+    #: run's own classes by ``load_model``; None for every other run.
+    adapter_file: str | None = None
 
     @property
     def finished_ok(self) -> bool:

@@ -34,6 +34,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from fivewsi.errors import TrainStageError
+from fivewsi.training.recipes import Recipe
 
 #: Settings that may change between a run and its resumption without changing the result
 #: (where it runs, how it reports progress, whether to overwrite).
@@ -91,6 +92,11 @@ class TrainConfig(BaseModel):
     model_options: dict[str, Any] = Field(
         default_factory=dict, description="the model's own options over its defaults"
     )
+    recipe: Recipe = Field(
+        default_factory=Recipe,
+        description="few-shot recipe of a classes run (fivewsi.training.recipes); auto: "
+        "partial for a text-aligned model from --init, full otherwise",
+    )
 
     device: str = "auto"
     precision: str = "auto"
@@ -137,6 +143,13 @@ class TrainConfig(BaseModel):
                              f"{', '.join(spec.objectives)})")
         if self.objective == "reports" and self.classes is not None:
             raise ValueError("objective 'reports' ignores --classes; leave one of them out")
+        if self.recipe.name not in ("auto", "full") and (
+            not spec.text_aligned or self.init is None or self.objective == "reports"
+        ):
+            raise ValueError(
+                f"recipe {self.recipe.name!r} needs a text-aligned model trained on classes "
+                "from a report-pretrained run (--init); use recipe 'full'"
+            )
         if self.shots is not None and self.objective == "reports":
             raise ValueError("--shots selects labelled slides; it has no meaning for reports")
         return self

@@ -21,6 +21,7 @@ from typing import Any, Literal
 
 from fivewsi import __version__
 from fivewsi.errors import RunError
+from fivewsi.runs.adapter import ADAPTER_FILE
 from fivewsi.runs.record import (
     CHECKPOINTS,
     EVALUATION,
@@ -74,7 +75,7 @@ def clear_run(out: Path) -> None:
     """Remove what a training wrote in ``out`` (before training it again), and the
     evaluations of the old weights (``evaluation/``, a few-shot cell's metrics): results
     of other weights must never sit beside the new ones."""
-    for name in (RUN_FILE, WEIGHTS_FILE, TEXTS_FILE, SPLIT_FILE, *EVALUATION_FILES):
+    for name in (RUN_FILE, WEIGHTS_FILE, TEXTS_FILE, ADAPTER_FILE, SPLIT_FILE, *EVALUATION_FILES):
         (out / name).unlink(missing_ok=True)
     for name in (CHECKPOINTS, LOGS, EVALUATION):
         shutil.rmtree(out / name, ignore_errors=True)

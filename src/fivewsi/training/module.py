@@ -96,6 +96,8 @@ class TrainingModule(L.LightningModule):
         val_report_index: Sequence[int] = (),
         class_texts: Sequence[str] = (),
         question_keys: Sequence[str] = (),
+        anchor: dict[str, Tensor] | None = None,
+        l2sp: float = 0.0,
     ) -> None:
         super().__init__()
         if stage not in model.objectives:
@@ -117,6 +119,9 @@ class TrainingModule(L.LightningModule):
         self.train_report_index = list(train_report_index)
         self.class_texts = list(class_texts)
         self.question_keys = list(question_keys)
+        # L2-SP (recipe "partial"): a pull of the trained parameters toward their start.
+        self._anchor = {k: v.detach().clone() for k, v in (anchor or {}).items()}
+        self.l2sp = float(l2sp)
         self.pool = [self.labels[i] for i in sorted(set(self.train_report_index))]
         val_labels = [self.labels[i] for i in val_report_index]
         self.val_texts, self.val_targets = eval_report_texts(val_labels)
@@ -174,6 +179,10 @@ class TrainingModule(L.LightningModule):
             )
             logits = self.model.similarity(output.embedding, texts)
             loss = contrastive_loss(logits, step.targets.to(self.device))
+        if self.l2sp > 0 and self._anchor:
+            from fivewsi.training.recipes import l2sp_penalty
+
+            loss = loss + self.l2sp * l2sp_penalty(self.model, self._anchor)
         if not bool(torch.isfinite(loss.detach())):
             self._stop_on_non_finite(loss, batch, batch_idx)
         self.log("train/loss", loss, on_step=True, on_epoch=True, batch_size=size, sync_dist=True)

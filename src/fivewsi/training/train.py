@@ -50,6 +50,7 @@ from fivewsi.runs.record import (
     write_record,
 )
 from fivewsi.runs.weights import load_weights, save_text_features, save_weights
+from fivewsi.training import recipes
 from fivewsi.training.config import TrainConfig, TrainError
 from fivewsi.training.fit import epochs_for, fit, make_loaders
 from fivewsi.training.folder import (
@@ -217,9 +218,30 @@ def _train(
         write_split(out / SPLIT_FILE, plan)
     dist.barrier()
 
+    recipe = recipes.resolve_recipe(
+        config.recipe, text_aligned=spec.text_aligned, init=config.init is not None,
+        stage=plan.stage,
+    )
+    if recipe.name != "full":
+        log.info("few-shot recipe: %s", recipe.name)
     if config.init is not None and not resume:
         load_weights(model, config.init / WEIGHTS_FILE)
         log.info("starting from the weights of %s", config.init)
+    if recipe.name == "tip-adapter":
+        if rank.is_leader:
+            _finish_tip_adapter(model, plan, record, recipe, out, started)
+        dist.barrier()
+        return _result_from_record(out, read_record(out), time.perf_counter() - started,
+                                   skipped=False)
+    start_state: dict[str, torch.Tensor] | None = None
+    if recipe.name == "partial":
+        if resume:  # the starting weights are the --init run's, not the checkpoint's
+            start_model = build_model(model_info)
+            load_weights(start_model, config.init / WEIGHTS_FILE)  # type: ignore[operator]
+        else:
+            start_model = model
+        start_state = recipes.partial_start(model, start_model)
+        config = recipes.partial_config(config, recipe, plan)
     loaders = make_loaders(plan, config, rank)
     epochs = epochs_for(config, len(loaders["train_dataloaders"]))
     module = TrainingModule(
@@ -239,12 +261,16 @@ def _train(
         val_report_index=[i.report_index for i in plan.val if i.report_index is not None],
         class_texts=[c.description for c in plan.classes],
         question_keys=list(plan.questions.keys),
+        anchor=start_state,
+        l2sp=recipe.l2sp if start_state is not None else 0.0,
     )
     fitted = fit(module, loaders, config, rank, epochs=epochs, resume=resume,
                  callbacks=callbacks)
     if rank.is_leader:
         if fitted.best_weights is not None:
             load_weights(model, fitted.best_weights)  # model selection on validation, never test
+        if start_state is not None and recipe.wise_ft < 1.0:
+            recipes.interpolate(model, start_state, recipe.wise_ft)
         save_weights(model, out / WEIGHTS_FILE)
         texts = _save_texts(model, record, out)
         if plan.stage == "classes":
@@ -256,6 +282,7 @@ def _train(
             "best_epoch": fitted.best_epoch,
             "seconds": round(time.perf_counter() - started, 3),
             "resumed": resume,
+            "recipe": recipe.name,
         }
         write_record(out, finish_record(record, result, texts))
     dist.barrier()
@@ -266,6 +293,48 @@ def _train(
     )
     _log_summary(summary, config)
     return summary
+
+
+def _finish_tip_adapter(
+    model: Any, plan: Plan, record: RunRecord, recipe: recipes.Recipe, out: Path, started: float
+) -> None:
+    """The ``tip-adapter`` recipe: no training; the starting weights, and the cache of the
+    training slides' embeddings from the frozen model (``adapter.safetensors``)."""
+    from fivewsi.runs.adapter import ADAPTER_FILE, TipAdapter, save_adapter
+    from fivewsi.runs.classifier import SlideClassifier
+    from fivewsi.runs.loop import predict_files
+
+    model.eval()
+    classifier = SlideClassifier(
+        model, classes=[c.name for c in plan.classes],
+        descriptions=[c.description for c in plan.classes], record=record,
+    )
+    targets = {i.slide_id: i.target for i in plan.train}
+    keys, labels = [], []
+    for result in predict_files(classifier, [(i.slide_id, i.path) for i in plan.train]):
+        target = targets[result.slide_id]
+        if result.prediction is None or target is None:
+            continue
+        keys.append(torch.from_numpy(result.prediction.embedding))
+        labels.append(int(target))
+    if not keys:
+        raise TrainError("tip-adapter: no training slide could be read for the cache")
+    values = torch.nn.functional.one_hot(torch.tensor(labels), len(plan.classes)).float()
+    adapter = TipAdapter(torch.nn.functional.normalize(torch.stack(keys).float(), dim=1), values,
+                         alpha=recipe.alpha, beta=recipe.beta, reduce=recipe.reduce)
+    save_weights(model, out / WEIGHTS_FILE)
+    save_adapter(adapter, out / ADAPTER_FILE)
+    texts = _save_texts(model, record, out)
+    record = record.model_copy(update={
+        "adapter_file": ADAPTER_FILE,
+        # the shots are the cache: their scores say nothing about calibration (T = 1)
+        "calibration": CalibrationRecord(temperature=1.0, fitted_on="none", n_slides=0),
+    })
+    result = {"epochs": 0, "monitor": None, "best_metric": None, "best_epoch": None,
+              "seconds": round(time.perf_counter() - started, 3), "resumed": False,
+              "recipe": recipe.name, "cache_slides": len(keys)}
+    write_record(out, finish_record(record, result, texts))
+    log.info("tip-adapter: cache of %d shot(s) written to %s (no training)", len(keys), out)
 
 
 def calibrate(model: Any, plan: Plan, record: RunRecord) -> CalibrationRecord:
