@@ -46,6 +46,8 @@ logger = logging.getLogger(__name__)
 #: CLIP's initial temperature (1 / 0.07) and cap (100) for a learnable logit scale.
 INIT_LOGIT_SCALE = 1.0 / 0.07
 MAX_LOGIT_SCALE = 100.0
+#: Options of the text side, in every FiVE-like model's options (see :meth:`FiveModel.build`).
+TEXT_OPTIONS = ("text_encoder", "lora", "lora_r", "lora_alpha", "lora_dropout")
 TEXT_ENCODER_PREFIX = "text_encoder."
 
 
@@ -59,8 +61,9 @@ class FiveOptions(ModelOptions):
         logit_scale: None → learnable temperature; a float → fixed (the paper uses 300).
         text_encoder: packaged name, local folder or cached Hugging Face repo of the text model.
         lora, lora_r, lora_alpha, lora_dropout: tune the text encoder with LoRA.
-        block_size, shift, chunk_size, checkpoint_patches: see
-            :class:`~fivewsi.model.tfs.TFSAggregator`.
+        block_size, shift, chunk_size, checkpoint_patches, query_norm: see
+            :class:`~fivewsi.model.tfs.TFSAggregator` (``query_norm``: layer-normalise the
+            prompts before they attend, as the released module does; off by default).
     """
 
     dim: int = Field(512, ge=8)
@@ -78,6 +81,7 @@ class FiveOptions(ModelOptions):
     shift: bool = True
     chunk_size: int = Field(DEFAULT_CHUNK_SIZE, ge=1)
     checkpoint_patches: int = Field(DEFAULT_CHECKPOINT_PATCHES, ge=0)
+    query_norm: bool = False
 
     @model_validator(mode="after")
     def _check(self) -> FiveOptions:
@@ -149,20 +153,14 @@ class FiveModel(TextAlignedModel):
 
     @classmethod
     def build(cls, task: ModelTask, options: BaseModel, *, lazy: bool = False) -> FiveModel:
-        """FiVE for ``task.questions`` with :class:`FiveOptions`; a ``lazy`` text encoder loads
-        its transformer only for texts it has not been given (see :meth:`remember_texts`)."""
-        assert isinstance(options, FiveOptions)
-        encoder = TextEncoder(
-            options.text_encoder,
-            lora=options.lora,
-            lora_r=options.lora_r,
-            lora_alpha=options.lora_alpha,
-            lora_dropout=options.lora_dropout,
-            lazy=lazy,
-        )
-        settings = options.model_dump(
-            exclude={"text_encoder", "lora", "lora_r", "lora_alpha", "lora_dropout"}
-        )
+        """This class for ``task.questions`` from its options: the text side's
+        (:data:`TEXT_OPTIONS`) build the text encoder, the rest are the class's keyword
+        arguments, so FiVE-like subclasses (``five-official``) share this. A ``lazy`` text
+        encoder loads its transformer only for texts it has not been given (see
+        :meth:`remember_texts`)."""
+        settings = options.model_dump()
+        text = {key: settings.pop(key) for key in TEXT_OPTIONS}
+        encoder = TextEncoder(text.pop("text_encoder"), **text, lazy=lazy)
         return cls(task.in_dim, list(task.questions), encoder, **settings)
 
     @property

@@ -48,11 +48,10 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, Field, model_validator
+from pydantic import Field, model_validator
 from torch import Tensor, nn
 
 from fivewsi.model.five import FiveModel
-from fivewsi.model.interfaces import ModelTask
 from fivewsi.model.outputs import BagBatch
 from fivewsi.model.registry import ModelOptions, register_model
 from fivewsi.model.text import DEFAULT_TEXT_ENCODER, TextEncoder
@@ -285,22 +284,3 @@ class FiveOfficialModel(FiveModel):
             heads=heads, dropout=0.0, attention="full", logit_scale=logit_scale,
         )
         self.aggregator = OfficialTFS(in_dim, dim, heads=heads, position=position)  # type: ignore[assignment]
-
-    @classmethod
-    def build(
-        cls, task: ModelTask, options: BaseModel, *, lazy: bool = False
-    ) -> FiveOfficialModel:
-        """``five-official`` for ``task.questions`` with :class:`FiveOfficialOptions`."""
-        assert isinstance(options, FiveOfficialOptions)
-        encoder = TextEncoder(
-            options.text_encoder,
-            lora=options.lora,
-            lora_r=options.lora_r,
-            lora_alpha=options.lora_alpha,
-            lora_dropout=options.lora_dropout,
-            lazy=lazy,
-        )
-        settings = options.model_dump(
-            exclude={"text_encoder", "lora", "lora_r", "lora_alpha", "lora_dropout"}
-        )
-        return cls(task.in_dim, list(task.questions), encoder, **settings)
