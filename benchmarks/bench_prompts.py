@@ -62,7 +62,6 @@ def cohort(args: argparse.Namespace) -> Path:
 
 
 def pretrain(args: argparse.Namespace, root: Path, query_norm: bool) -> tuple[Path, float]:
-    import fivewsi.model.tfs as tfs
     from fivewsi.training import TrainConfig, train
 
     name = (f"pretrain-qn{'on' if query_norm else 'off'}-s{args.cohort_seed}"
@@ -70,22 +69,17 @@ def pretrain(args: argparse.Namespace, root: Path, query_norm: bool) -> tuple[Pa
     out = args.out / name / f"d{args.model_dim}-seed{args.seed}"
     if (out / "run.json").exists() and (out / "model.safetensors").exists():
         return out, float("nan")
-    saved = tfs.QUERY_NORM
-    tfs.QUERY_NORM = query_norm  # the aggregator's default, read when the model is built
-    try:
-        start = time.perf_counter()
-        train(TrainConfig(features=root / "features", cohort=root / "cohort.csv", out=out,
-                          objective="reports", model="five", epochs=args.pretrain_epochs,
-                          seed=args.seed, model_options={"dim": args.model_dim},
-                          val_fraction=args.val_fraction,
-                          progress=False, overwrite=True))
-        return out, time.perf_counter() - start
-    finally:
-        tfs.QUERY_NORM = saved
+    start = time.perf_counter()
+    train(TrainConfig(features=root / "features", cohort=root / "cohort.csv", out=out,
+                      objective="reports", model="five", epochs=args.pretrain_epochs,
+                      seed=args.seed,
+                      model_options={"dim": args.model_dim, "query_norm": query_norm},
+                      val_fraction=args.val_fraction,
+                      progress=False, overwrite=True))
+    return out, time.perf_counter() - start
 
 
 def measure(root: Path, run: Path, query_norm: bool) -> dict[str, Any]:
-    import fivewsi.model.tfs as tfs
     from fivewsi.features.bags import load_bag
     from fivewsi.predict.attention import attention_range, prompt_selection
     from fivewsi.reports.questions import load_question_set
@@ -93,12 +87,7 @@ def measure(root: Path, run: Path, query_norm: bool) -> dict[str, Any]:
     from fivewsi.synthetic import load_truth
     from fivewsi.synthetic.lung import FIELDS
 
-    saved = tfs.QUERY_NORM
-    tfs.QUERY_NORM = query_norm
-    try:
-        clf = load_model(run, classes=root / "classes.csv")
-    finally:
-        tfs.QUERY_NORM = saved
+    clf = load_model(run, classes=root / "classes.csv")  # the run records its query_norm
     qs = load_question_set("lung")
     text_to_key = {qs.question(k).question: k for k in FIELDS}
     names = clf.prompt_names

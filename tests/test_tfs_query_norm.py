@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import torch
 
-import fivewsi.model.tfs as tfs
 from fivewsi.model.outputs import BagBatch
+from fivewsi.model.registry import create_model, get_model_spec
 from fivewsi.model.tfs import TFSAggregator
 
 
 def test_default_has_no_query_norm() -> None:
-    assert tfs.QUERY_NORM is False
+    assert get_model_spec("five").validate_options()["query_norm"] is False
     model = TFSAggregator(8, dim=16, heads=2)
     assert model.query_norm is None
     assert not any(k.startswith("query_norm") for k in model.state_dict())
@@ -31,10 +31,7 @@ def test_query_norm_makes_attention_independent_of_the_prompt_scale() -> None:
         d = off(batch, 5 * prompts).prompt_attention
     assert torch.allclose(a, b, atol=1e-5)
     assert not torch.allclose(c, d, atol=1e-5)
-    # the module default is read when a model is built
-    saved = tfs.QUERY_NORM
-    tfs.QUERY_NORM = True
-    try:
-        assert TFSAggregator(8, dim=16, heads=2).query_norm is not None
-    finally:
-        tfs.QUERY_NORM = saved
+    # FiVE's option, stored with the run's model arguments, builds it
+    five = create_model("five", in_dim=8, questions=["Q?"], query_norm=True, dim=16, heads=2,
+                        lazy=True)
+    assert five.aggregator.query_norm is not None

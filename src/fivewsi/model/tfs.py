@@ -212,8 +212,6 @@ def _block_attention(q: Tensor, k: Tensor, v: Tensor, keys: Tensor, size: int) -
     return y.reshape(b, n_blocks, h, size, d).transpose(1, 2).reshape(b, h, n, d)
 
 
-#: Default of :class:`TFSAggregator`'s ``query_norm``.
-QUERY_NORM = False
 
 
 class TFSAggregator(nn.Module):
@@ -235,8 +233,8 @@ class TFSAggregator(nn.Module):
             (B·N) recompute each chunk in the backward pass (activation checkpointing), so
             training memory stays flat in N; smaller ones keep their activations (faster).
         query_norm: layer-normalise the prompts before the query projection, as the released
-            module does (queries of norm ≈ √dim instead of 1). None: :data:`QUERY_NORM`
-            (False). Measured on a development cohort it did not make the prompts select
+            module does (queries of norm ≈ √dim instead of 1); FiVE's option ``query_norm``,
+            recorded in the run. Measured on a development cohort it did not make the prompts select
             (``docs/model.md``), so it is off and FiVE's weights and numerics are unchanged.
 
     Example:
@@ -261,11 +259,9 @@ class TFSAggregator(nn.Module):
         shift: bool = True,
         chunk_size: int = DEFAULT_CHUNK_SIZE,
         checkpoint_patches: int = DEFAULT_CHECKPOINT_PATCHES,
-        query_norm: bool | None = None,
+        query_norm: bool = False,
     ) -> None:
         super().__init__()
-        if query_norm is None:
-            query_norm = QUERY_NORM
         if attention not in ATTENTION_MODES:
             raise ValueError(f"attention must be one of {ATTENTION_MODES}, got {attention!r}")
         if dim % heads:
