@@ -165,23 +165,16 @@ def parse_options(items: list[str]) -> dict[str, Any]:
 
 def fewshot_table(result: FewshotResult) -> Table:
     """Balanced accuracy per model (rows) and k (columns), best mean per column in bold."""
-    import math
-
     from rich.table import Table
 
-    from fivewsi.evaluation.fewshot import HEADLINE, k_label
+    from fivewsi.evaluation.fewshot import HEADLINE, k_label, metric_cells
 
-    rows = {(r.model, r.k): r for r in result.table if r.metric == HEADLINE}
+    rows, best = metric_cells(result.table, HEADLINE)
     shots = result.shots
     table = Table(title="balanced accuracy % (mean ± sd over seeds)")
     table.add_column("model")
     for k in shots:
         table.add_column(k_label(k, result.table), justify="right")
-    best = {
-        k: max((r.mean for (_, kk), r in rows.items() if kk == k and r.mean is not None),
-               default=None)
-        for k in shots
-    }
     for model in result.models:
         cells = []
         for k in shots:
@@ -190,9 +183,7 @@ def fewshot_table(result: FewshotResult) -> Table:
                 cells.append("")
                 continue
             text = f"{100 * row.mean:.1f}" + (f" ± {100 * row.sd:.1f}" if row.sd else "")
-            if best[k] is not None and math.isclose(row.mean, best[k], abs_tol=1e-12):
-                text = f"[bold]{text}[/bold]"
-            cells.append(text)
+            cells.append(f"[bold]{text}[/bold]" if (model, k) in best else text)
         table.add_row(model, *cells)
     failed = len(result.failed)
     table.caption = f"{len(result.cells)} cells, {failed} failed, {result.seconds:.0f} s"

@@ -747,6 +747,27 @@ def table_csv(table: Sequence[TableRow]) -> str:
     return buffer.getvalue()
 
 
+def metric_cells(
+    table: Sequence[TableRow], metric: str
+) -> tuple[dict[tuple[str, int], TableRow], set[tuple[str, int]]]:
+    """``metric``'s rows by ``(model, k)``, and the cells holding the best mean of their k.
+
+    Example:
+        >>> rows = [TableRow("a", 1, "auc", 0.7, 0.1, 2, [0.6, 0.8]),
+        ...         TableRow("b", 1, "auc", 0.9, None, 1, [0.9])]
+        >>> metric_cells(rows, "auc")[1]
+        {('b', 1)}
+    """
+    by_cell = {(r.model, r.k): r for r in table if r.metric == metric}
+    top: dict[int, float] = {}
+    for (_, k), row in by_cell.items():
+        if row.mean is not None and (k not in top or row.mean > top[k]):
+            top[k] = row.mean
+    best = {cell for cell, row in by_cell.items()
+            if row.mean is not None and math.isclose(row.mean, top[cell[1]], abs_tol=1e-12)}
+    return by_cell, best
+
+
 def table_markdown(
     table: Sequence[TableRow],
     *,
@@ -774,12 +795,7 @@ def table_markdown(
         "nothing tuned on the test split. Best mean per column in bold.",
     ]
     for metric in sorted({r.metric for r in table}, key=_metric_order):
-        by_cell = {(r.model, r.k): r for r in table if r.metric == metric}
-        best = {
-            k: max((r.mean for (m, kk), r in by_cell.items() if kk == k and r.mean is not None),
-                   default=None)
-            for k in shots
-        }
+        by_cell, best = metric_cells(table, metric)
         title = f"{metric} (headline)" if metric == HEADLINE else metric
         lines += ["", f"## {title}", "",
                   "| model | " + " | ".join(k_label(k, table) for k in shots) + " |",
@@ -794,7 +810,7 @@ def table_markdown(
                 text = f"{100 * row.mean:.1f}"
                 if row.sd is not None:
                     text += f" ± {100 * row.sd:.1f}"
-                if best[k] is not None and math.isclose(row.mean, best[k], abs_tol=1e-12):
+                if (model, k) in best:
                     text = f"**{text}**"
                 cells.append(text)
             lines.append(f"| {model} | " + " | ".join(cells) + " |")
