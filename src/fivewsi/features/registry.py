@@ -13,6 +13,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import importlib
 import os
 import pkgutil
@@ -24,6 +25,7 @@ from typing import Any
 import torch
 
 from fivewsi.errors import FeatureStageError
+from fivewsi.features.recipe import EncoderRecipe, get_builder, list_recipes
 
 #: The package whose modules register encoders: each is imported on first lookup, so a new
 #: encoder family is one new file there. They must not import timm or open_clip at top level.
@@ -65,6 +67,7 @@ class EncoderSpec:
     description: str
     needs_weights: bool
     extra: str | None = None  # pip extra the encoder needs, e.g. "models"
+    recipe: EncoderRecipe | None = None  # the published facts, for recipe-built encoders
 
 
 _REGISTRY: dict[str, EncoderSpec] = {}
@@ -100,7 +103,22 @@ def _load_modules() -> None:
         package = importlib.import_module(_ENCODER_PACKAGE)
         for info in pkgutil.iter_modules(package.__path__):
             importlib.import_module(f"{_ENCODER_PACKAGE}.{info.name}")
+        for recipe in list_recipes().values():
+            if recipe.name in _REGISTRY:
+                raise ValueError(f"encoder {recipe.name!r} has a recipe and a factory")
+            _REGISTRY[recipe.name] = EncoderSpec(
+                recipe.name, functools.partial(_build_recipe, recipe), recipe.dim,
+                recipe.description or recipe.title, needs_weights=True, extra=recipe.extra,
+                recipe=recipe,
+            )
         _loaded = True
+
+
+def _build_recipe(
+    recipe: EncoderRecipe, weights: Path | None = None, **kwargs: Any
+) -> PatchEncoder:
+    """Build a recipe's encoder with its family's builder (see :mod:`fivewsi.features.recipe`)."""
+    return get_builder(recipe.builder)(recipe, weights=weights, **kwargs)
 
 
 def list_encoders() -> dict[str, EncoderSpec]:
