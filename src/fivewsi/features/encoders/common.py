@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fivewsi.errors import FeatureStageError
+from fivewsi.features.recipe import Preprocess
 from fivewsi.features.registry import PatchEncoder
 
 logger = logging.getLogger(__name__)
@@ -70,6 +71,48 @@ def _as_hw(size: int | Sequence[int]) -> tuple[int, int]:
     return (h, w)
 
 
+_PIL_FILTERS = {"nearest": 0, "lanczos": 1, "bilinear": 2, "bicubic": 3}  # PIL.Image.Resampling
+
+
+def recipe_pixels(patches: torch.Tensor, transform: Preprocess) -> torch.Tensor:
+    """uint8 ``[B, H, W, 3]`` → float ``[B, 3, h, w]`` in ``[0, 1]``, resized and cropped as the
+    recipe's torchvision transform does on a PIL image (normalisation not applied).
+
+    ``Resize(int)`` scales the shorter side to ``resize`` (the longer one truncated, as
+    torchvision computes it) with PIL's filter, antialiasing included; ``CenterCrop`` takes the
+    box torchvision takes (offsets rounded half to even).
+
+    Example:
+        >>> from fivewsi.features.recipe import Preprocess
+        >>> t = Preprocess(resize=4, crop=2, mean=(0, 0, 0), std=(1, 1, 1))
+        >>> recipe_pixels(torch.zeros(1, 8, 16, 3, dtype=torch.uint8), t).shape
+        torch.Size([1, 3, 2, 2])
+    """
+    import numpy as np
+    from PIL import Image
+
+    images = patches.cpu().numpy()
+    out = []
+    for array in images:
+        image = Image.fromarray(np.ascontiguousarray(array))
+        if transform.resize is not None:
+            width, height = image.size
+            short, long = (width, height) if width <= height else (height, width)
+            new_short, new_long = transform.resize, int(transform.resize * long / short)
+            size = (new_short, new_long) if width <= height else (new_long, new_short)
+            if size != image.size:
+                image = image.resize(size, _PIL_FILTERS[transform.interpolation])
+        if transform.crop is not None:
+            width, height = image.size
+            side = transform.crop
+            if side > width or side > height:
+                raise ValueError(f"patch {width}×{height} is smaller than the crop {side}")
+            top, left = round((height - side) / 2.0), round((width - side) / 2.0)
+            image = image.crop((left, top, left + side, top + side))
+        out.append(torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()))
+    return torch.stack(out).permute(0, 3, 1, 2).float().div_(255.0)
+
+
 def _autocast_dtype() -> torch.dtype:
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
@@ -86,6 +129,8 @@ class TorchImageEncoder(PatchEncoder):
         mean, std: per-channel normalisation applied to pixels scaled to ``[0, 1]``.
         amp: on CUDA run under ``torch.autocast`` (bf16 where supported, else fp16).
         source: where the weights came from, recorded by :meth:`describe`.
+        transform: a recipe's published transform; when given it replaces ``input_size``'s
+            resize (PIL resize and centre crop, :func:`recipe_pixels`) and ``mean``/``std``.
 
     Example:
         >>> import torch
@@ -105,8 +150,13 @@ class TorchImageEncoder(PatchEncoder):
         std: Sequence[float] = IMAGENET_STD,
         amp: bool = True,
         source: str = "",
+        transform: Preprocess | None = None,
     ) -> None:
         super().__init__()
+        self.transform = transform
+        if transform is not None:
+            mean, std = transform.mean, transform.std
+            input_size = transform.input_size or input_size
         self.model = model
         self.name = name
         self.dim = int(dim)
@@ -129,6 +179,9 @@ class TorchImageEncoder(PatchEncoder):
                 f"{self.name}: expected uint8 patches [B, H, W, 3], "
                 f"got {patches.dtype} {tuple(patches.shape)}"
             )
+        if self.transform is not None:
+            x = recipe_pixels(patches, self.transform).to(self.device, non_blocking=True)
+            return (x - self.mean) / self.std
         # Move uint8 first: four times less to copy than float32.
         x = patches.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255.0)
         if tuple(x.shape[-2:]) != self.input_size:
