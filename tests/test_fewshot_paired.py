@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
 import pytest
 
 from fivewsi.evaluation.fewshot import (
+    CELL_METRICS,
     FewshotCell,
+    TableRow,
+    _read_metrics,
+    metric_cells,
     paired_csv,
     paired_differences,
     summarize,
@@ -85,3 +90,28 @@ def test_default_baselines_are_the_registered_label_only_models() -> None:
     rows = paired_differences(summarize(_cells()))  # abmil and mean are label-only
     assert {r.baseline for r in rows} == {"abmil", "mean"}
     assert "five+reports" not in {r.model for r in rows}  # only at k = 0
+
+
+def test_calibration_metrics_are_tabulated_with_the_lowest_in_bold() -> None:
+    rows = [
+        TableRow("a", 4, "ece", 0.02, None, 1, [0.02]),
+        TableRow("b", 4, "ece", 0.10, None, 1, [0.10]),
+        TableRow("a", 4, "balanced_accuracy", 0.6, None, 1, [0.6]),
+        TableRow("b", 4, "balanced_accuracy", 0.7, None, 1, [0.7]),
+    ]
+    assert metric_cells(rows, "ece")[1] == {("a", 4)}
+    assert metric_cells(rows, "balanced_accuracy")[1] == {("b", 4)}
+    text = table_markdown(rows)
+    assert "## ece (calibration, lower is better)" in text
+    assert "| a | **2.0** |" in text
+    # the headline table comes first, calibration after the discrimination metrics
+    assert text.index("## balanced_accuracy") < text.index("## ece")
+
+
+def test_cells_keep_calibration_metrics(tmp_path: Path) -> None:
+    metrics = {name: {"value": 0.5} for name in CELL_METRICS}
+    (tmp_path / "metrics.json").write_text(json.dumps({"metrics": {**metrics, "n": 10}}))
+    cell = FewshotCell("a", 1, 0, tmp_path, "reused")
+    _read_metrics(cell, tmp_path / "metrics.json")
+    assert set(cell.metrics) == set(CELL_METRICS)
+    assert {r.metric for r in summarize([cell])} == set(CELL_METRICS)

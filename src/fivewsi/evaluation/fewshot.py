@@ -79,7 +79,11 @@ _GRID_SETTINGS = frozenset(
 )
 #: Few-shot training defaults: no validation slides carved out of k shots, fixed epochs.
 _FEWSHOT_TRAIN_DEFAULTS: dict[str, Any] = {"val_fraction": 0.0, "patience": None}
-_CELL_COLUMNS = ("model", "k", "k_used", "seed", "status", *METRICS, "n_test", "train_seconds",
+#: Calibration metrics of each cell (``metrics.json``), lower is better; absent in old cells.
+CALIBRATION_METRICS = ("ece", "brier", "log_loss")
+#: Every metric a cell keeps: the discrimination metrics, then calibration.
+CELL_METRICS = (*METRICS, *CALIBRATION_METRICS)
+_CELL_COLUMNS = ("model", "k", "k_used", "seed", "status", *CELL_METRICS, "n_test", "train_seconds",
                  "eval_seconds", "run", "error")
 
 
@@ -531,7 +535,7 @@ def _check_same_settings(cell: FewshotCell, train_config: Any, config: FewshotCo
 def _read_metrics(cell: FewshotCell, path: Path) -> None:
     info = json.loads(path.read_text(encoding="utf-8"))
     metrics = info["metrics"]
-    cell.metrics = {name: metrics[name]["value"] for name in METRICS}
+    cell.metrics = {name: metrics[name]["value"] for name in CELL_METRICS if name in metrics}
     cell.n_test = int(metrics["n"])
     cell.k_used = _k_used(cell)
 
@@ -574,7 +578,7 @@ def summarize(cells: Sequence[FewshotCell]) -> list[TableRow]:
             groups.setdefault((cell.model, cell.k), []).append(cell)
     rows = []
     for (model, k), group in groups.items():
-        for metric in METRICS:
+        for metric in CELL_METRICS:
             values = [float(c.metrics[metric]) for c in group if c.metrics.get(metric) is not None]
             mean = sum(values) / len(values) if values else None
             sd = (
@@ -750,7 +754,8 @@ def table_csv(table: Sequence[TableRow]) -> str:
 def metric_cells(
     table: Sequence[TableRow], metric: str
 ) -> tuple[dict[tuple[str, int], TableRow], set[tuple[str, int]]]:
-    """``metric``'s rows by ``(model, k)``, and the cells holding the best mean of their k.
+    """``metric``'s rows by ``(model, k)``, and the cells holding the best mean of their k
+    (the lowest for the calibration metrics, :data:`CALIBRATION_METRICS`).
 
     Example:
         >>> rows = [TableRow("a", 1, "auc", 0.7, 0.1, 2, [0.6, 0.8]),
@@ -759,9 +764,10 @@ def metric_cells(
         {('b', 1)}
     """
     by_cell = {(r.model, r.k): r for r in table if r.metric == metric}
+    sign = -1.0 if metric in CALIBRATION_METRICS else 1.0
     top: dict[int, float] = {}
     for (_, k), row in by_cell.items():
-        if row.mean is not None and (k not in top or row.mean > top[k]):
+        if row.mean is not None and (k not in top or sign * row.mean > sign * top[k]):
             top[k] = row.mean
     best = {cell for cell, row in by_cell.items()
             if row.mean is not None and math.isclose(row.mean, top[cell[1]], abs_tol=1e-12)}
@@ -797,6 +803,8 @@ def table_markdown(
     for metric in sorted({r.metric for r in table}, key=_metric_order):
         by_cell, best = metric_cells(table, metric)
         title = f"{metric} (headline)" if metric == HEADLINE else metric
+        if metric in CALIBRATION_METRICS:
+            title += " (calibration, lower is better)"
         lines += ["", f"## {title}", "",
                   "| model | " + " | ".join(k_label(k, table) for k in shots) + " |",
                   "|---|" + "---:|" * len(shots)]
@@ -833,7 +841,7 @@ def k_label(k: int, table: Sequence[TableRow]) -> str:
 
 
 def _metric_order(metric: str) -> int:
-    order = [HEADLINE, *[m for m in METRICS if m != HEADLINE]]
+    order = [HEADLINE, *[m for m in CELL_METRICS if m != HEADLINE]]
     return order.index(metric) if metric in order else len(order)
 
 
@@ -851,7 +859,7 @@ def _write_cells(path: Path, cells: Sequence[FewshotCell]) -> None:
         writer.writerow([
             c.model, c.k, "" if c.k_used is None else c.k_used,
             "" if c.seed is None else c.seed, c.status,
-            *[_num(c.metrics.get(m)) for m in METRICS], c.n_test,
+            *[_num(c.metrics.get(m)) for m in CELL_METRICS], c.n_test,
             f"{c.train_seconds:.2f}", f"{c.eval_seconds:.2f}", c.run, c.error or "",
         ])
     write_text_atomic(path, buffer.getvalue())
