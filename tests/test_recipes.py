@@ -252,3 +252,25 @@ def test_cli_train_init_on_classes_takes_the_default_recipe(
     tip = _cli(*common, "--out", str(tmp_path / "tip"), "--recipe", "tip-adapter")
     assert tip.returncode == 0, tip.stderr[-2000:]
     assert (tmp_path / "tip" / ADAPTER_FILE).is_file()
+
+
+def test_partial_says_which_explicit_settings_it_replaces(
+    cohort: FeatureCohort, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from types import SimpleNamespace
+
+    from fivewsi.training.recipes import partial_config
+
+    plan = SimpleNamespace(classes=["a", "b"], train=[1, 2, 3, 4])
+    recipe = Recipe(name="partial")
+    config = _config(cohort, tmp_path / "x", lr=1e-3, shots=2)
+    with caplog.at_level("WARNING", logger="fivewsi.training.recipes"):
+        changed = partial_config(config, recipe, plan)  # type: ignore[arg-type]
+    assert (changed.lr, changed.min_steps) == (recipe.lr, 2 * recipe.steps_per_shot)
+    assert "lr=0.001" in caplog.text and "--recipe full" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="fivewsi.training.recipes"):
+        bare = TrainConfig(features=cohort.features_dir, cohort=cohort.cohort_csv,
+                           out=tmp_path / "y", shots=2)
+        partial_config(bare, recipe, plan)  # type: ignore[arg-type]
+    assert caplog.text == ""  # nothing set by hand, nothing to say

@@ -34,6 +34,7 @@ Example:
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -43,6 +44,8 @@ if TYPE_CHECKING:
 
     from fivewsi.training.config import TrainConfig
     from fivewsi.training.plan import Plan
+
+log = logging.getLogger(__name__)
 
 RecipeName = Literal["auto", "full", "tip-adapter", "partial"]
 
@@ -122,6 +125,17 @@ def partial_config(config: TrainConfig, recipe: Recipe, plan: Plan) -> TrainConf
     k = config.shots or max(1, -(-len(plan.train) // n_classes))
     updates: dict[str, Any] = {"lr": recipe.lr, "warmup_epochs": 0.0, "epochs": 1,
                                "min_steps": recipe.steps_per_shot * k}
+    replaced = sorted(
+        name for name in updates
+        if name in config.model_fields_set and getattr(config, name) != updates[name]
+    )
+    if replaced:  # said out loud: a user's --lr must not vanish silently
+        log.warning(
+            "recipe 'partial' replaces %s (it trains the aggregator at lr %g for %d steps); "
+            "set the recipe's own lr / steps_per_shot, or --recipe full to train with them",
+            ", ".join(f"{n}={getattr(config, n)!r}" for n in replaced), recipe.lr,
+            updates["min_steps"],
+        )
     return config.model_copy(update=updates)
 
 
