@@ -67,7 +67,8 @@ def preprocess_command(
     ] = None,
     batch_size: Annotated[
         int | None,
-        typer.Option(help=o.with_default("Patches per encoder batch.", _P, "batch_size")),
+        typer.Option(help="Patches per encoder batch. (default: 64 on a CPU, the most that "
+                          "fits free GPU memory on CUDA)"),
     ] = None,
     device: Annotated[
         str | None,

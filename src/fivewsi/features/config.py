@@ -33,7 +33,10 @@ class PreprocessConfig(BaseModel):
     )
     min_tissue: float = Field(0.25, ge=0, le=1, description="tissue fraction a patch needs")
     workers: int = Field(default_factory=lambda: min(4, os.cpu_count() or 1), ge=0)
-    batch_size: int = Field(64, ge=1)
+    batch_size: int | None = Field(
+        None, ge=1, description="patches per encoder batch (None: 64 on the CPU, chosen from "
+        "free GPU memory on CUDA)"
+    )
     device: str = "auto"
     qc: bool = True
 

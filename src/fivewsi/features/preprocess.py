@@ -43,7 +43,7 @@ from fivewsi import __version__
 from fivewsi.errors import FeatureStageError
 from fivewsi.features.bags import read_bag_attrs, save_bag
 from fivewsi.features.config import PreprocessConfig
-from fivewsi.features.extract import embed_patches
+from fivewsi.features.extract import embed_patches, prepare_encoder
 from fivewsi.features.mpp_table import SlideMppTable, read_slide_mpp_table
 from fivewsi.features.registry import EncoderSpec, PatchEncoder, create_encoder, get_spec
 from fivewsi.slides.qc import save_qc_image
@@ -316,6 +316,7 @@ def _run_shard(
             if (record := _finished_record(out, path)) is None:
                 if encoder is None:  # built lazily: a rerun with nothing to do loads no model
                     encoder = create_encoder(config.encoder, config.weights).to(device)
+                    encoder = prepare_encoder(encoder, device)
                 slide_mpp = (mpp_table.lookup(path) if mpp_table else None) or config.slide_mpp
                 record = _process_slide(path, out, config, encoder, device, bars, slide_mpp)
                 record.rank = rank.rank
