@@ -180,3 +180,53 @@ def test_reading_ahead_gives_the_same_features(slide: Path, workers: int) -> Non
     auto = embed_patches(slide, coords, batch_size=None, **kwargs)
     np.testing.assert_array_equal(plain, ahead)
     np.testing.assert_array_equal(plain, auto)
+
+
+def _bench():
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_encoder.py"
+    spec = importlib.util.spec_from_file_location("bench_encoder", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_bench_encoder_on_cpu_reports_patches_per_second(tmp_path: Path) -> None:
+    rows = _bench().main(["--encoders", "he-handcrafted", "no-such-encoder", "--sizes", "32",
+                          "--batches", "4", "auto", "--threads", "1", "--seconds", "0.05",
+                          "--pool", "8", "--slide", str(tmp_path / "none.svs")])
+    done = [r for r in rows if "skipped" not in r]
+    assert [r["batch"] for r in done] == [4, DEFAULT_BATCH_SIZE]  # auto on a CPU: the default
+    assert all(r["median_patches_per_s"] > 0 and "gpu_util_percent" not in r for r in done)
+    assert [r["encoder"] for r in rows if "skipped" in r] == ["no-such-encoder"]
+
+
+def test_gpu_utilisation_from_cuda_events(monkeypatch: pytest.MonkeyPatch) -> None:
+    bench = _bench()
+
+    class FakeEvent:
+        clock = 0.0
+
+        def __init__(self, enable_timing: bool = False) -> None:
+            self.at = 0.0
+
+        def record(self) -> None:
+            self.at = time.perf_counter()
+
+        def elapsed_time(self, end: FakeEvent) -> float:
+            return (end.at - self.at) * 1000.0
+
+    monkeypatch.setattr(bench, "_has_nvml", lambda: False)
+    monkeypatch.setattr(torch.cuda, "Event", FakeEvent)
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda *a: None)
+
+    def busy(patches: torch.Tensor) -> torch.Tensor:
+        time.sleep(0.05)
+        return patches
+
+    with bench.GpuUtilisation(CUDA) as util:
+        util.forward(busy, torch.zeros(1))
+        time.sleep(0.05)  # idle: the GPU waits for the host
+    assert util.method == "cuda-events"
+    assert 30 <= util.percent <= 70
