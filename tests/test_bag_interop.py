@@ -141,3 +141,13 @@ def test_a_folder_of_foreign_bags_is_found_and_fivewsi_still_writes_trident(tmp_
                    {"patch_size": 256, "patch_size_level0": 512})
     with h5py.File(out, "r") as h5:
         assert set(h5) == {"features", "coords"} and "feats" not in h5
+
+
+def test_stamp_coords_give_patch_grid_positions(tmp_path: Path) -> None:
+    from fivewsi.model.outputs import grid_coords
+
+    _stamp(tmp_path / "s.h5", tile_size_um=112.0)
+    with h5py.File(tmp_path / "s.h5", "r+") as h5:
+        h5["coords"][...] = h5["coords"][()] / 256 * 112  # a 112 µm grid
+    grid = grid_coords(load_bag(tmp_path / "s.h5"))
+    np.testing.assert_allclose(grid.numpy(), [[0, 0], [1, 0], [2, 0], [0, 1], [1, 1]])

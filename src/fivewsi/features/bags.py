@@ -124,6 +124,22 @@ class Bag:
             return int(self.attrs["patch_size"])
         return None
 
+    @property
+    def grid_step(self) -> float | None:
+        """Side of a patch in the units of :attr:`coords`: level-0 pixels, or µm for STAMP
+        bags (``patch_size_um``); None when the file does not say.
+
+        Example:
+            >>> Bag("s", np.ones((1, 2)), None, {"coords_unit": "um", "patch_size_um": 256.0}
+            ...     ).grid_step
+            256.0
+        """
+        if self.attrs.get("coords_unit") == "um":
+            step = self.attrs.get("patch_size_um")
+            return float(step) if step else None
+        side = self.patch_size_level0
+        return None if side is None else float(side)
+
 
 def _plain(value: Any) -> Any:
     if isinstance(value, bytes):
