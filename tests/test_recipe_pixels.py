@@ -131,16 +131,20 @@ def test_tiler_patches_are_the_slide_region(tmp_path: Path) -> None:
     encoder = TorchImageEncoder(
         torch.nn.Flatten(), name="pixels", dim=3 * 224 * 224, input_size=224, transform=transform
     )
+    from fivewsi.slides.readers import open_slide
+    from fivewsi.slides.tiling import tile_slide
+
     for path in _slides(tmp_path):
+        with open_slide(path) as reader:  # the tiler's own patches at the slide's resolution
+            tiling = tile_slide(reader, target_mpp=reader.mpp, patch_size=256, min_tissue=0.25)
+        assert tiling.patch_size_level0 == 256 and len(tiling.coords) > 0
+        coords = tiling.coords[:12]
         with openslide.OpenSlide(str(path)) as slide:
-            width, height = slide.dimensions
-            coords = np.array([[0, 0], [width - 256, height - 256], [width // 3, height // 4]])
             regions = np.stack([
                 np.asarray(slide.read_region((int(x), int(y)), 0, (256, 256)).convert("RGB"))
                 for x, y in coords
             ])
-        batches = PatchBatches(path, coords, size0=256, patch_size=256, batch_size=8,
-                               slide_mpp=0.5)
+        batches = PatchBatches(path, coords, size0=256, patch_size=256, batch_size=len(coords))
         try:
             patches = batches[0]
             np.testing.assert_array_equal(patches.numpy(), regions, err_msg=path.name)
