@@ -53,6 +53,11 @@ def preprocess_command(
         Path | None, typer.Option(help="Local weights file or folder for the encoder.")
     ] = None,
     slide_mpp: o.SlideMpp = None,
+    slide_mpp_csv: Annotated[
+        Path | None,
+        typer.Option(help="CSV with columns slide_id (or path) and mpp: per-slide level-0 mpp "
+                          "for slides whose metadata lacks it."),
+    ] = None,
     min_tissue: Annotated[
         float | None,
         typer.Option(help=o.with_default("Tissue fraction a patch needs.", _P, "min_tissue")),
@@ -62,7 +67,8 @@ def preprocess_command(
     ] = None,
     batch_size: Annotated[
         int | None,
-        typer.Option(help=o.with_default("Patches per encoder batch.", _P, "batch_size")),
+        typer.Option(help="Patches per encoder batch. (default: 64 on a CPU, the most that "
+                          "fits free GPU memory on CUDA)"),
     ] = None,
     device: Annotated[
         str | None,
@@ -87,7 +93,8 @@ def preprocess_command(
     settings = merge_settings(
         read_config_file(config),
         o.given(inputs=inputs, out=out, target_mpp=mpp, patch_size=patch_size, encoder=encoder,
-                weights=weights, slide_mpp=slide_mpp, min_tissue=min_tissue, workers=workers,
+                weights=weights, slide_mpp=slide_mpp, slide_mpp_csv=slide_mpp_csv,
+                min_tissue=min_tissue, workers=workers,
                 batch_size=batch_size, device=device, qc=qc, progress=progress),
     )
     slides = settings.pop("inputs", None)

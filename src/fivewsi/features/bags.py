@@ -4,8 +4,18 @@ A bag file holds ``features`` ``[N, D]`` float32 and ``coords`` ``[N, 2]`` int64
 top-left x, y of each patch). ``coords`` carries TRIDENT's attributes (``patch_size``,
 ``patch_size_level0``, ``level0_magnification``, ``target_magnification``, ``level0_width``,
 ``level0_height``, ``name``); ``features`` carries the encoder and the resolutions.
-:func:`load_bag` also reads CLAM files (``coords`` attributes ``patch_level`` / ``patch_size``,
-features possibly ``[1, N, D]``) and CLAM's feature-only ``.pt`` files.
+:func:`load_bag` also reads:
+
+- CLAM files (``coords`` attributes ``patch_level`` / ``patch_size``, features possibly
+  ``[1, N, D]``) and CLAM's feature-only ``.pt`` files;
+- STAMP's HDF5 bags: datasets ``feats`` ``[N, D]`` (float16) and ``coords`` ``[N, 2]``
+  (top-left x, y in µm), file attributes ``extractor``, ``unit`` (``"um"``),
+  ``tile_size_um``, ``tile_size_px``, ``stamp_version``. The coordinates stay in µm (the file
+  does not say the slide's mpp), rounded to whole µm: ``attrs["coords_unit"] == "um"``.
+  Historic STAMP files (no unit, a tile stride of 224) hold pixels of 256 µm / 224 px tiles and
+  are converted to µm the way STAMP's own reader does;
+- slideflow's ``.pt`` bags: a tensor ``[N, D]`` saved with ``torch.save``, the tile locations
+  ``[N, 2]`` in a companion ``<slide>.index.npz`` (array ``arr_0``) or ``.index.npy``.
 
 Every bag is checked where it is read (:func:`check_bag`, called by :func:`load_bag`, which
 training, evaluation and prediction all use): at least one patch, features ``[N, D]`` with
@@ -87,7 +97,7 @@ class Bag:
         slide_id: the slide's id (file name without extension).
         features: ``[N, D]`` float32 patch features.
         coords: ``[N, 2]`` int64 level-0 top-left (x, y) of each patch, or None when the file
-            has none (CLAM ``.pt``).
+            has none (CLAM ``.pt``); in whole µm for STAMP bags (``attrs["coords_unit"]``).
         attrs: attributes of ``coords`` and ``features`` merged (``coords`` wins on clashes).
     """
 
@@ -113,6 +123,22 @@ class Bag:
         if int(self.attrs.get("patch_level", -1)) == 0 and "patch_size" in self.attrs:  # CLAM
             return int(self.attrs["patch_size"])
         return None
+
+    @property
+    def grid_step(self) -> float | None:
+        """Side of a patch in the units of :attr:`coords`: level-0 pixels, or µm for STAMP
+        bags (``patch_size_um``); None when the file does not say.
+
+        Example:
+            >>> Bag("s", np.ones((1, 2)), None, {"coords_unit": "um", "patch_size_um": 256.0}
+            ...     ).grid_step
+            256.0
+        """
+        if self.attrs.get("coords_unit") == "um":
+            step = self.attrs.get("patch_size_um")
+            return float(step) if step else None
+        side = self.patch_size_level0
+        return None if side is None else float(side)
 
 
 def _plain(value: Any) -> Any:
@@ -182,6 +208,8 @@ def load_bag(path: str | os.PathLike[str]) -> Bag:
         return _load_pt(path)
     try:
         with h5py.File(path, "r") as handle:
+            if "features" not in handle and "feats" in handle:
+                return _load_stamp(handle, path)
             if "features" not in handle:
                 raise BagError(f"{path.name}: no 'features' dataset (has {list(handle)})")
             features = np.asarray(handle["features"][()], dtype=np.float32)
@@ -236,8 +264,99 @@ def _load_pt(path: Path) -> Bag:
     except (RuntimeError, TypeError) as exc:
         raise BagError(f"{path.name}: not a tensor of numbers ({exc})") from None
     features = _squeeze_bag(array, path)
-    check_bag(features, None, path.name)
-    return Bag(_slide_id(path), features, None, {}, path)
+    coords, attrs = _slideflow_locations(path, len(features))
+    check_bag(features, coords, path.name)
+    return Bag(_slide_id(path), features, coords, attrs, path)
+
+
+#: Companion files of a slideflow ``<slide>.pt`` bag holding its tile locations.
+SLIDEFLOW_INDEX_SUFFIXES = (".index.npz", ".index.npy")
+
+
+def _slideflow_locations(path: Path, n: int) -> tuple[np.ndarray | None, dict[str, Any]]:
+    """The tile locations slideflow writes next to ``<slide>.pt``, or (None, {}) if none."""
+    for suffix in SLIDEFLOW_INDEX_SUFFIXES:
+        index = path.with_name(path.name[: -len(path.suffix)] + suffix)
+        if index.is_file():
+            break
+    else:
+        return None, {}
+    try:
+        if index.name.endswith(".npy"):
+            locations = np.load(index, allow_pickle=False)  # never unpickle
+        else:
+            with np.load(index, allow_pickle=False) as data:
+                if not data.files:
+                    raise BagError(f"{index.name}: holds no array")
+                locations = np.asarray(data["arr_0" if "arr_0" in data.files else data.files[0]])
+    except (OSError, ValueError, EOFError) as exc:
+        raise BagError(f"{index.name}: cannot read tile locations ({exc})") from None
+    coords = _numeric_coords(locations, index)
+    if coords.ndim != 2 or coords.shape != (n, 2):
+        raise BagError(f"{index.name}: {coords.shape} tile locations for {n} features in "
+                       f"{path.name}; expected [{n}, 2]")
+    return coords, {"coords_source": "slideflow", "coords_file": index.name}
+
+
+def _numeric_coords(coords: np.ndarray, path: Path) -> np.ndarray:
+    if coords.dtype.kind not in "iuf" or (
+        coords.dtype.kind == "f" and not np.isfinite(coords).all()
+    ):
+        raise BagError(f"{path.name}: coords are not finite numbers ({coords.dtype})")
+    return np.rint(coords).astype(np.int64) if coords.dtype.kind == "f" else coords.astype(
+        np.int64)
+
+
+#: Tile grid of historic STAMP files (coordinates in pixels of 256 µm / 224 px tiles).
+STAMP_HISTORIC_TILE_UM, STAMP_HISTORIC_TILE_PX = 256.0, 224
+
+
+def _load_stamp(handle: h5py.File, path: Path) -> Bag:
+    """A STAMP bag: ``feats`` ``[N, D]``, ``coords`` in µm, the facts in the file's attributes.
+
+    The three coordinate conventions are the ones STAMP's reader (``stamp.modeling.data.
+    get_coords``) accepts: ``tile_size`` with ``unit == "um"`` (STAMP 2), ``tile_size_um``
+    (newer), or a stride of about 224 px (historic, 256 µm per 224 px).
+    """
+    features = _squeeze_bag(np.asarray(handle["feats"][()], dtype=np.float32), path)
+    root = {k: _plain(v) for k, v in handle.attrs.items()}
+    attrs: dict[str, Any] = {"format": "stamp", **root}
+    if "extractor" in root:
+        attrs["encoder"] = str(root["extractor"])
+    coords = None
+    if "coords" in handle:
+        raw = np.asarray(handle["coords"][()])
+        if raw.dtype.kind not in "iuf" or not np.isfinite(raw.astype(np.float64)).all():
+            raise BagError(f"{path.name}: coords are not finite numbers ({raw.dtype})")
+        raw = raw.astype(np.float64)
+        tile_um = root.get("tile_size_um") or (
+            root.get("tile_size") if root.get("unit") == "um" else None
+        )
+        if tile_um is None:
+            if _stride(raw) is None or round(_stride(raw) or 0) != STAMP_HISTORIC_TILE_PX:
+                raise BagError(f"{path.name}: a STAMP bag whose coordinates have no unit "
+                               "(no tile_size_um attribute); re-extract it with STAMP 2")
+            raw = raw / STAMP_HISTORIC_TILE_PX * STAMP_HISTORIC_TILE_UM
+            tile_um = STAMP_HISTORIC_TILE_UM
+            attrs.setdefault("tile_size_px", STAMP_HISTORIC_TILE_PX)
+        attrs["patch_size_um"] = float(tile_um)
+        attrs["coords_unit"] = "um"
+        if attrs.get("tile_size_px"):
+            attrs["patch_size"] = int(attrs["tile_size_px"])
+            attrs["target_mpp"] = float(tile_um) / int(attrs["tile_size_px"])
+        coords = np.rint(raw).astype(np.int64)
+        if coords.ndim == 2 and coords.shape[0] != features.shape[0]:
+            raise BagError(f"{path.name}: {features.shape[0]} features but "
+                           f"{coords.shape[0]} coords")
+    check_bag(features, coords, path.name)
+    return Bag(_slide_id(path), features, coords, attrs, path)
+
+
+def _stride(coords: np.ndarray) -> float | None:
+    """The smallest non-zero step between distinct x or y coordinates, None if none."""
+    steps = [np.diff(np.unique(coords[:, axis])) for axis in (0, 1)] if coords.ndim == 2 else []
+    positive = np.concatenate([s[s > 0] for s in steps]) if steps else np.array([])
+    return float(positive.min()) if positive.size else None
 
 
 def _slide_id(path: Path) -> str:

@@ -27,9 +27,16 @@ class PreprocessConfig(BaseModel):
     encoder: str = "he-handcrafted"
     weights: Path | None = None
     slide_mpp: float | None = Field(None, gt=0, description="level-0 mpp when metadata lacks it")
+    slide_mpp_csv: Path | None = Field(
+        None, description="CSV of slide_id or path, and mpp: per-slide level-0 mpp when "
+        "metadata lacks it (wins over slide_mpp for the slides it lists)"
+    )
     min_tissue: float = Field(0.25, ge=0, le=1, description="tissue fraction a patch needs")
     workers: int = Field(default_factory=lambda: min(4, os.cpu_count() or 1), ge=0)
-    batch_size: int = Field(64, ge=1)
+    batch_size: int | None = Field(
+        None, ge=1, description="patches per encoder batch (None: 64 on the CPU, chosen from "
+        "free GPU memory on CUDA)"
+    )
     device: str = "auto"
     qc: bool = True
 

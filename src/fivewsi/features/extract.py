@@ -2,8 +2,12 @@
 
 Where the encoder runs depends on the device:
 
-- **GPU**: worker processes read and decode patches; the main process runs the encoder on the
-  GPU (with autocast), so the GPU never waits for JPEG decoding.
+- **GPU**: worker processes read and decode patches into pinned memory, and a background thread
+  (:func:`prefetch`) keeps a bounded queue of ready batches, so the GPU never waits for OpenSlide
+  or JPEG decoding (even with ``workers=0``); the main process runs the encoder on the GPU under
+  bf16 (or fp16) autocast, conv nets in channels-last memory format
+  (:func:`prepare_encoder`), with a batch size chosen from free GPU memory unless one is given
+  (:func:`choose_batch_size`).
 - **CPU**: each worker reads *and* encodes its batch and hands back only the features. Moving
   raw patches between processes (12.5 MB per batch of 64 patches of 256 px) costs more than
   encoding them on this side, so on the CPU this roughly doubles throughput.
@@ -23,8 +27,11 @@ import contextlib
 import logging
 import math
 import os
-from collections.abc import Callable
+import queue
+import threading
+from collections.abc import Callable, Generator, Iterable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -34,6 +41,17 @@ from fivewsi.features.registry import PatchEncoder
 from fivewsi.slides.readers import SlideReader, open_slide
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+#: Batch size on the CPU when none is given (and on CUDA when the probe cannot run).
+DEFAULT_BATCH_SIZE = 64
+#: Largest batch :func:`choose_batch_size` picks: beyond it throughput no longer grows.
+MAX_AUTO_BATCH = 1024
+#: Share of the free GPU memory :func:`choose_batch_size` plans to use.
+GPU_MEMORY_HEADROOM = 0.7
+#: Batches read ahead of the GPU by :func:`prefetch`.
+PREFETCH_DEPTH = 4
 
 
 class PatchBatches(Dataset[torch.Tensor]):
@@ -109,6 +127,138 @@ def autocast_context(device: torch.device) -> contextlib.AbstractContextManager[
     return torch.autocast("cuda", dtype=dtype)
 
 
+def batch_from_memory(
+    free_bytes: int, per_patch_bytes: float, *, headroom: float = GPU_MEMORY_HEADROOM,
+    limit: int = MAX_AUTO_BATCH,
+) -> int:
+    """Patches per batch that fit ``headroom`` of ``free_bytes`` at ``per_patch_bytes`` each:
+    a power of two between 1 and ``limit``.
+
+    Example:
+        >>> batch_from_memory(10 * 2**30, 40 * 2**20)  # 10 GiB free, 40 MiB a patch
+        128
+        >>> batch_from_memory(2**20, 40 * 2**20)
+        1
+    """
+    fit = min(int(free_bytes * headroom // max(per_patch_bytes, 1.0)), max(1, limit))
+    return 1 if fit < 1 else 1 << (fit.bit_length() - 1)
+
+
+def choose_batch_size(
+    encoder: PatchEncoder,
+    patch_size: int,
+    device: torch.device,
+    *,
+    probe: int = 8,
+    limit: int = MAX_AUTO_BATCH,
+) -> int:
+    """Patches per encoder call: :data:`DEFAULT_BATCH_SIZE` on the CPU; on CUDA the most that
+    fits the free memory, from the peak memory of a probe batch of ``probe`` blank patches.
+
+    The probe runs as the real batches do (inference mode, autocast); its peak allocation above
+    what was allocated before, per patch, sets the size (:func:`batch_from_memory`).
+    """
+    if device.type != "cuda":
+        return DEFAULT_BATCH_SIZE
+    try:
+        torch.cuda.synchronize(device)
+        torch.cuda.empty_cache()
+        free, _total = torch.cuda.mem_get_info(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+        blank = torch.full((probe, patch_size, patch_size, 3), 255, dtype=torch.uint8)
+        with torch.inference_mode(), autocast_context(device):
+            encoder(blank)  # the encoder moves it to its device, as a batch would go
+        torch.cuda.synchronize(device)
+        peak = torch.cuda.max_memory_allocated(device) - before
+    except RuntimeError as exc:  # out of memory already, or a driver problem: stay modest
+        log.warning("could not probe GPU memory (%s); batch size %d", exc, DEFAULT_BATCH_SIZE)
+        torch.cuda.empty_cache()
+        return DEFAULT_BATCH_SIZE
+    finally:
+        torch.cuda.empty_cache()
+    batch = batch_from_memory(free, peak / probe, limit=limit)
+    log.info("batch size %d: %.0f MiB free, %.1f MiB a patch of %d px (probe of %d)",
+             batch, free / 2**20, peak / probe / 2**20, patch_size, probe)
+    return batch
+
+
+def _conv_layers(module: torch.nn.Module) -> int:
+    return sum(isinstance(m, torch.nn.Conv2d) for m in module.modules())
+
+
+def prepare_encoder(encoder: PatchEncoder, device: torch.device) -> PatchEncoder:
+    """Tune an encoder already on ``device`` for it: on CUDA, a conv net (more than one
+    ``Conv2d``: a ViT has only its patch embedding) is put in channels-last memory format, which
+    the tensor cores prefer; its inputs follow (``encoder.channels_last``). Nothing on the CPU,
+    where outputs stay exactly those of the plain model.
+
+    Example:
+        >>> from fivewsi.features.registry import create_encoder
+        >>> enc = prepare_encoder(create_encoder("he-handcrafted"), torch.device("cpu"))
+        >>> getattr(enc, "channels_last", False)
+        False
+    """
+    if device.type != "cuda" or not hasattr(encoder, "channels_last"):
+        return encoder
+    model = getattr(encoder, "model", encoder)
+    if _conv_layers(model) > 1:
+        model.to(memory_format=torch.channels_last)
+        encoder.channels_last = True
+        log.info("%s: channels-last memory format on %s", encoder.name, device)
+    return encoder
+
+
+_END = object()
+
+
+def prefetch(items: Iterable[T], depth: int = PREFETCH_DEPTH) -> Iterator[T]:
+    """Iterate ``items`` in a background thread, at most ``depth`` items ahead of the consumer.
+
+    OpenSlide and the JPEG decoders release the GIL, so reading the next batches overlaps the
+    encoder's work on the GPU. An exception of ``items`` is raised here, where the item would
+    have come; closing the iterator early stops the thread.
+
+    Example:
+        >>> list(prefetch(range(5), depth=2))
+        [0, 1, 2, 3, 4]
+    """
+    ready: queue.Queue[object] = queue.Queue(maxsize=max(1, depth))
+    stop = threading.Event()
+
+    def put(item: object) -> bool:
+        while not stop.is_set():
+            try:
+                ready.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if not put(item):
+                    return
+            put(_END)
+        except BaseException as exc:  # handed to the consumer, raised there
+            put(exc)
+
+    thread = threading.Thread(target=produce, name="fivewsi-prefetch", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = ready.get()
+            if item is _END:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item  # type: ignore[misc]
+    finally:
+        stop.set()
+        thread.join(timeout=10)
+
+
 def embed_patches(
     slide_path: str | os.PathLike[str],
     coords: np.ndarray,
@@ -117,10 +267,11 @@ def embed_patches(
     patch_size: int,
     encoder: PatchEncoder,
     slide_mpp: float | None = None,
-    batch_size: int = 64,
+    batch_size: int | None = DEFAULT_BATCH_SIZE,
     workers: int = 2,
     device: torch.device | None = None,
     on_batch: Callable[[int], None] | None = None,
+    read_ahead: bool | None = None,
 ) -> np.ndarray:
     """Read every patch at ``coords`` and return its features, ``[N, encoder.dim]`` float32.
 
@@ -131,16 +282,21 @@ def embed_patches(
         patch_size: patch side in pixels at the target resolution (what the encoder sees).
         encoder: a frozen :class:`PatchEncoder`, already on ``device``.
         slide_mpp: level-0 mpp for slides whose metadata lacks it.
-        batch_size: patches per encoder call; bounds memory whatever the slide size.
+        batch_size: patches per encoder call; bounds memory whatever the slide size. None:
+            :data:`DEFAULT_BATCH_SIZE` on the CPU, from free GPU memory on CUDA
+            (:func:`choose_batch_size`).
         workers: worker processes (0: everything in this process).
         device: where the encoder runs (default: CPU).
         on_batch: called with the number of patches after each batch (progress bars).
+        read_ahead: read batches in a background thread (:func:`prefetch`); None: on CUDA.
     """
     device = device or torch.device("cpu")
     n = len(coords)
     features = np.empty((n, encoder.dim), dtype=np.float32)
     if n == 0:
         return features
+    if batch_size is None:
+        batch_size = choose_batch_size(encoder, patch_size, device)
     workers = min(workers, math.ceil(n / batch_size))
     in_workers = device.type == "cpu" and workers > 0
     dataset = PatchBatches(slide_path, coords, size0, patch_size, batch_size, slide_mpp,
@@ -155,17 +311,23 @@ def embed_patches(
     )
     done = 0
     threads = torch.get_num_threads()
+    batches: Iterable[torch.Tensor] = loader
     try:
         if in_workers:
             torch.set_num_threads(1)  # the main process only collects results
+        # On CUDA a thread reads ahead (the workers, or this process with workers=0).
+        if device.type == "cuda" if read_ahead is None else read_ahead:
+            batches = prefetch(loader)
         with torch.inference_mode(), autocast_context(device):
-            for batch in loader:
+            for batch in batches:
                 out = batch if in_workers else encoder(batch.to(device, non_blocking=True))
                 features[done : done + len(out)] = out.float().cpu().numpy()
                 done += len(out)
                 if on_batch is not None:
                     on_batch(len(out))
     finally:
+        if isinstance(batches, Generator):
+            batches.close()  # stops the reading thread before the slide is closed
         torch.set_num_threads(threads)
         dataset.close()
     if not np.isfinite(features).all():

@@ -43,8 +43,9 @@ from fivewsi import __version__
 from fivewsi.errors import FeatureStageError
 from fivewsi.features.bags import read_bag_attrs, save_bag
 from fivewsi.features.config import PreprocessConfig
-from fivewsi.features.extract import embed_patches
-from fivewsi.features.registry import PatchEncoder, create_encoder, get_spec
+from fivewsi.features.extract import embed_patches, prepare_encoder
+from fivewsi.features.mpp_table import SlideMppTable, read_slide_mpp_table
+from fivewsi.features.registry import EncoderSpec, PatchEncoder, create_encoder, get_spec
 from fivewsi.slides.qc import save_qc_image
 from fivewsi.slides.readers import (
     SlideError,
@@ -146,8 +147,12 @@ def preprocess(
     config = config or PreprocessConfig()
     out = Path(out)
     started = time.perf_counter()
-    get_spec(config.encoder)  # an unknown encoder fails before anything is written
+    spec = get_spec(config.encoder)  # an unknown encoder fails before anything is written
+    if (warning := magnification_warning(spec, config.target_mpp)) is not None:
+        log.warning("%s", warning)
     check_output_folder(out)  # a read-only or misnamed --out fails before any work
+    mpp_table = None if config.slide_mpp_csv is None else read_slide_mpp_table(
+        config.slide_mpp_csv)
     # never the command's own output (qc/*.jpg), even with --out equal to an input folder
     slides = find_slides(inputs, exclude=[out / sub for sub in OUTPUT_FOLDERS])
     _check_ids(slides)
@@ -159,7 +164,7 @@ def preprocess(
     _check_settings(out, config, rank)
     mine = _shard(slides, rank)
     log.info("rank %d/%d: %d of %d slides", rank.rank, rank.world_size, len(mine), len(slides))
-    records = _run_shard(mine, out, config, rank, progress)
+    records = _run_shard(mine, out, config, rank, progress, mpp_table)
     no_space = next((r for r in records if r.error.startswith(NO_SPACE)), None)
     dist.barrier()
     if rank.is_leader and (grouped or rank.world_size == 1):
@@ -179,6 +184,36 @@ def preprocess(
     # In a group the leader speaks for everyone; the others exit cleanly.
     speaks = rank.is_leader or not grouped
     return PreprocessResult(out, records, time.perf_counter() - started, speaks)
+
+
+#: Relative disagreement between a recipe's mpp and ``--mpp`` beyond which preprocess warns.
+MPP_TOLERANCE = 0.25
+
+
+def magnification_warning(spec: EncoderSpec, target_mpp: float) -> str | None:
+    """A warning when the encoder's published magnification disagrees with ``target_mpp``.
+
+    Only recipe encoders know the resolution they were trained at (``spec.recipe.mpp``); the
+    warning is given when the larger of the two mpps exceeds the smaller by more than
+    :data:`MPP_TOLERANCE`, so 0.5 µm/px (20x) against a 40x model (0.25) warns, 0.5 against
+    0.46 does not.
+
+    Example:
+        >>> from fivewsi.features.registry import get_spec
+        >>> magnification_warning(get_spec("he-handcrafted"), 2.0) is None
+        True
+    """
+    recipe = spec.recipe
+    if recipe is None or recipe.mpp is None:
+        return None
+    low, high = sorted((float(recipe.mpp), float(target_mpp)))
+    if high <= low * (1 + MPP_TOLERANCE):
+        return None
+    return (
+        f"encoder {spec.name} was trained at {recipe.mpp:g} µm/px ({recipe.magnification:g}x) "
+        f"but patches are cut at --mpp {target_mpp:g} µm/px ({_magnification(target_mpp):g}x); "
+        f"its features may suffer: consider --mpp {recipe.mpp:g}"
+    )
 
 
 def _check_ids(slides: list[Path]) -> None:
@@ -264,7 +299,12 @@ def _shard(slides: list[Path], rank: dist.ProcessRank) -> list[Path]:
 
 
 def _run_shard(
-    slides: list[Path], out: Path, config: PreprocessConfig, rank: dist.ProcessRank, progress: bool
+    slides: list[Path],
+    out: Path,
+    config: PreprocessConfig,
+    rank: dist.ProcessRank,
+    progress: bool,
+    mpp_table: SlideMppTable | None = None,
 ) -> list[SlideRecord]:
     device = dist.pick_device(config.device, rank)
     encoder: PatchEncoder | None = None
@@ -276,7 +316,9 @@ def _run_shard(
             if (record := _finished_record(out, path)) is None:
                 if encoder is None:  # built lazily: a rerun with nothing to do loads no model
                     encoder = create_encoder(config.encoder, config.weights).to(device)
-                record = _process_slide(path, out, config, encoder, device, bars)
+                    encoder = prepare_encoder(encoder, device)
+                slide_mpp = (mpp_table.lookup(path) if mpp_table else None) or config.slide_mpp
+                record = _process_slide(path, out, config, encoder, device, bars, slide_mpp)
                 record.rank = rank.rank
                 try:
                     write_json_atomic(out / "status" / f"{slide_id}.json", asdict(record))
@@ -416,13 +458,15 @@ def _process_slide(
     encoder: PatchEncoder,
     device: torch.device,
     bars: Progress,
+    slide_mpp: float | None = None,
 ) -> SlideRecord:
+    """Tile and embed one slide; ``slide_mpp`` is its level-0 mpp where metadata lacks it."""
     started = time.perf_counter()
     facts: dict[str, object] = {}
     tiling: Tiling | None = None
     try:
         identity = source_identity(path)  # before reading: a change meanwhile means a redo
-        with open_slide(path, config.slide_mpp) as slide:
+        with open_slide(path, slide_mpp) as slide:
             info = slide.describe()
             facts = {
                 "backend": info["backend"], "slide_mpp": info["mpp"],
@@ -435,7 +479,7 @@ def _process_slide(
             )
         if len(tiling.coords) == 0:
             raise SlideError("no tissue found (no patch passes --min-tissue); see the QC image")
-        features = _embed(path, tiling, config, encoder, device, bars)
+        features = _embed(path, tiling, config, encoder, device, bars, slide_mpp)
         _save(out, path, tiling, features, encoder, config, info, identity)
     except Exception as exc:  # one bad slide must not stop the batch
         no_space = _is_no_space(exc)
@@ -467,6 +511,7 @@ def _embed(
     encoder: PatchEncoder,
     device: torch.device,
     bars: Progress,
+    slide_mpp: float | None = None,
 ) -> np.ndarray:
     task = bars.add_task(f"  {path.name}", total=len(tiling.coords), rate="")
     started = time.perf_counter()
@@ -481,7 +526,7 @@ def _embed(
     try:
         return embed_patches(
             path, tiling.coords, size0=tiling.patch_size_level0, patch_size=tiling.patch_size,
-            encoder=encoder, slide_mpp=config.slide_mpp, batch_size=config.batch_size,
+            encoder=encoder, slide_mpp=slide_mpp, batch_size=config.batch_size,
             workers=config.workers, device=device, on_batch=advance,
         )
     finally:

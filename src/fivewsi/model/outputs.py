@@ -83,9 +83,9 @@ class BagBatch:
 def grid_coords(bag: Bag) -> Tensor:
     """The bag's patch positions in patch-grid units, ``[N, 2]`` float.
 
-    Level-0 coords are divided by the patch side in level-0 pixels (``patch_size_level0``);
-    without that attribute the side is guessed as the smallest step between distinct coords;
-    bags without coords get raster positions.
+    Coords are divided by the patch side in their own unit (:attr:`Bag.grid_step`: level-0
+    pixels, or µm for STAMP bags); without it the side is guessed as the smallest step between
+    distinct coords; bags without coords get raster positions.
 
     Example:
         >>> import numpy as np
@@ -98,7 +98,7 @@ def grid_coords(bag: Bag) -> Tensor:
     if bag.coords is None:
         return raster_coords(bag.n_patches)
     coords = np.asarray(bag.coords, dtype=np.float64)
-    side = bag.patch_size_level0 or _guess_step(coords)
+    side = bag.grid_step or _guess_step(coords)
     return torch.from_numpy(coords / float(side)).float()
 
 

@@ -248,7 +248,7 @@ def _slide_mpp(slide: SlideReader, target_mpp: float) -> float:
     if slide_mpp is None:
         raise SlideError(
             f"slide {slide.slide_id} has no microns-per-pixel in its metadata; pass "
-            "--slide-mpp MPP (e.g. 0.25 for 40x, 0.5 for 20x)"
+            "--slide-mpp MPP (e.g. 0.25 for 40x, 0.5 for 20x), or list it in --slide-mpp-csv"
         )
     if target_mpp * _UPSAMPLE_TOLERANCE < slide_mpp:
         log.warning(

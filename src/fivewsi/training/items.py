@@ -30,7 +30,8 @@ def find_feature_files(features: str | os.PathLike[str]) -> dict[str, Path]:
     """Map slide id → feature file for every bag anywhere under ``features``.
 
     Works on a ``fivewsi preprocess`` output (``OUT/features/*.h5``), a TRIDENT job folder
-    (``20x_256px_0px_overlap/features_<encoder>/*.h5``), CLAM's ``h5_files`` / ``pt_files``, or a
+    (``20x_256px_0px_overlap/features_<encoder>/*.h5``), CLAM's ``h5_files`` / ``pt_files``, a
+    STAMP output folder (``<extractor>/*.h5``), slideflow bags (``<slide>.pt``), or a
     flat folder. ``.h5`` wins over ``.pt`` for the same slide; temporary files are ignored.
 
     Example:

@@ -163,6 +163,8 @@ class TorchImageEncoder(PatchEncoder):
         self.input_size = _as_hw(input_size)
         self.amp = amp
         self.source = source
+        #: Inputs in channels-last memory format (set by ``extract.prepare_encoder`` on CUDA).
+        self.channels_last = False
         # Buffers follow .to(device) together with the model.
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1))
@@ -181,14 +183,17 @@ class TorchImageEncoder(PatchEncoder):
             )
         if self.transform is not None:
             x = recipe_pixels(patches, self.transform).to(self.device, non_blocking=True)
-            return (x - self.mean) / self.std
-        # Move uint8 first: four times less to copy than float32.
-        x = patches.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255.0)
-        if tuple(x.shape[-2:]) != self.input_size:
-            x = F.interpolate(
-                x, size=self.input_size, mode="bilinear", align_corners=False, antialias=True
-            )
-        return (x - self.mean) / self.std
+        else:
+            # Move uint8 first: four times less to copy than float32.
+            x = patches.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255)
+            if tuple(x.shape[-2:]) != self.input_size:
+                x = F.interpolate(
+                    x, size=self.input_size, mode="bilinear", align_corners=False, antialias=True
+                )
+        x = (x - self.mean) / self.std
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x
 
     def forward(self, patches: torch.Tensor) -> torch.Tensor:
         """Features ``[B, dim]`` (float32) for uint8 RGB patches ``[B, H, W, 3]``."""
