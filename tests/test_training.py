@@ -294,3 +294,23 @@ def test_torchrun_two_cpu_processes_write_one_run(
     assert (out / "model.safetensors").is_file()
     assert not list(out.rglob(".*.tmp-*"))
     load_model(out).predict_batch([])
+
+
+def test_resume_checkpoints_are_bounded_and_denormals_restored(
+    cohort: FeatureCohort, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from fivewsi.training import fit
+
+    saved: list[int] = []
+    real = fit.RunCheckpoint._save_last
+    monkeypatch.setattr(fit, "MAX_RESUME_CHECKPOINTS", 4)
+    monkeypatch.setattr(fit.RunCheckpoint, "_save_last",
+                        lambda self, trainer: (saved.append(trainer.current_epoch),
+                                               real(self, trainer)))
+    monkeypatch.setattr(fit.checkpoint_every, "__defaults__", (4,))
+    out = tmp_path / "run"
+    train(_config(cohort, out, model="mean", model_options=SMALL, epochs=10, patience=None))
+    assert saved == [2, 5, 8, 9]  # every 3rd epoch (10 / 4 rounded up) and the last
+    assert (out / "checkpoints" / "last.ckpt").is_file()
+    # flushing denormals is for the training only: the process setting is back to IEEE
+    assert float(torch.tensor([1e-39]) * 1.0) > 0.0
