@@ -271,8 +271,8 @@ def checkpoint_every(epochs: int, most: int = MAX_RESUME_CHECKPOINTS) -> int:
     epoch always writes one). The same on every rank (no clocks), so DDP saves together.
 
     Example:
-        >>> checkpoint_every(30), checkpoint_every(100), checkpoint_every(0)
-        (1, 5, 1)
+        >>> checkpoint_every(20), checkpoint_every(30), checkpoint_every(100), checkpoint_every(0)
+        (1, 2, 5, 1)
     """
     return max(1, -(-epochs // most))
 
