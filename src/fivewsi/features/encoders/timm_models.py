@@ -1,4 +1,5 @@
-"""timm-based patch encoders: ``timm:<model>``, CLAM's ResNet-50, UNI, CTransPath, CONCH.
+"""timm-based patch encoders: ``timm:<model>``, CLAM's ResNet-50, CTransPath, CONCH, and the
+``timm`` recipe builder (UNI, UNI2-h, Virchow, Virchow2, H-optimus-0/1, Prov-GigaPath).
 
 timm is imported inside the factories (it needs a torchvision matching torch), so importing this
 module only registers names. Weights never come from the network: ``--weights PATH`` (a state
@@ -42,6 +43,7 @@ from fivewsi.features.encoders.common import (
     load_state_dict_file,
     load_strict,
 )
+from fivewsi.features.recipe import EncoderRecipe, list_recipes, register_builder
 from fivewsi.features.registry import register_encoder
 
 logger = logging.getLogger(__name__)
@@ -263,46 +265,116 @@ def resnet50_trunc_encoder(
 
 
 # ---------------------------------------------------------------------------------------------
-# UNI
+# Recipes built with timm (UNI, UNI2-h, Virchow, Virchow2, H-optimus-0/1, Prov-GigaPath...)
+
+#: Modules whose classes a recipe may name as ``arch_kwargs`` values (e.g.
+#: ``mlp_layer: timm.layers.SwiGLUPacked``, ``act_layer: torch.nn.SiLU``): YAML holds no Python
+#: objects, and nothing outside these modules is ever imported from a recipe.
+_ARCH_OBJECT_MODULES = ("timm.layers", "torch.nn")
 
 
-def build_uni(arch_overrides: dict[str, Any] | None = None) -> nn.Module:
-    """Randomly initialised UNI architecture (timm ViT-L/16, LayerScale 1e-5, 224 px)."""
-    kwargs = {"img_size": 224, "patch_size": 16, "init_values": 1e-5, "dynamic_img_size": True}
-    return _create_timm(
-        "vit_large_patch16_224", num_classes=0, **{**kwargs, **(arch_overrides or {})}
-    )
+def _arch_value(value: Any) -> Any:
+    """A recipe's ``arch_kwargs`` value, with ``timm.layers.X`` / ``torch.nn.X`` made classes."""
+    if isinstance(value, str):
+        module, _, attr = value.rpartition(".")
+        if module in _ARCH_OBJECT_MODULES:
+            import importlib
+
+            if module.startswith("timm"):
+                import_timm()
+            try:
+                return getattr(importlib.import_module(module), attr)
+            except AttributeError:
+                raise ValueError(f"{module} has no {attr!r} (recipe arch_kwargs)") from None
+    return value
 
 
-@register_encoder(
-    "uni",
-    dim=1024,
-    description="UNI (MahmoodLab): ViT-L/16 DINOv2-trained on 100M pathology patches; 224 px",
-    needs_weights=True,
-    extra="models",
-)
-def uni_encoder(
+class TokenEmbedding(nn.Module):
+    """A timm ViT whose embedding is chosen from its final-norm tokens by a recipe's rule.
+
+    ``cls``: the class token; ``cls+mean-patches``: the class token concatenated with the mean
+    of the patch tokens (``tokens[num_prefix_tokens:]``, so register tokens are left out);
+    ``mean-patches``: that mean alone; ``pooled``: the model's own forward (``num_classes=0``).
+    ``state_dict`` keys are the timm model's (``vit.`` is not a prefix of the checkpoint: load
+    into :attr:`vit`).
+
+    Example:
+        >>> class Toy(nn.Module):
+        ...     num_prefix_tokens = 2
+        ...     def forward_features(self, x):
+        ...         return x
+        >>> tokens = torch.arange(8.0).view(1, 4, 2)  # class, register, two patches
+        >>> TokenEmbedding(Toy(), "cls+mean-patches")(tokens)
+        tensor([[0., 1., 5., 6.]])
+    """
+
+    def __init__(self, vit: nn.Module, rule: str) -> None:
+        super().__init__()
+        if rule not in ("cls", "pooled", "cls+mean-patches", "mean-patches"):
+            raise ValueError(f"unknown embedding rule {rule!r}")
+        self.vit = vit
+        self.rule = rule
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.rule == "pooled":
+            return self.vit(x)
+        tokens = self.vit.forward_features(x)  # [B, prefix + N, C], after the final norm
+        patches = tokens[:, self.vit.num_prefix_tokens :]
+        if self.rule == "mean-patches":
+            return patches.mean(dim=1)
+        if self.rule == "cls":
+            return tokens[:, 0]
+        return torch.cat([tokens[:, 0], patches.mean(dim=1)], dim=-1)
+
+
+def build_timm_recipe(
+    recipe: EncoderRecipe, arch_overrides: dict[str, Any] | None = None
+) -> nn.Module:
+    """Randomly initialised timm model of ``recipe``: ``timm.create_model(architecture,
+    pretrained=False, num_classes=0, **arch_kwargs, **arch_overrides)``."""
+    kwargs = {key: _arch_value(value) for key, value in recipe.arch_kwargs.items()}
+    kwargs.update({key: _arch_value(value) for key, value in (arch_overrides or {}).items()})
+    kwargs.pop("num_classes", None)
+    return _create_timm(recipe.architecture, num_classes=0, **kwargs)
+
+
+@register_builder("timm")
+def timm_recipe_encoder(
+    recipe: EncoderRecipe,
     weights: Path | None = None,
     *,
     arch_overrides: dict[str, Any] | None = None,
     amp: bool = True,
 ) -> TorchImageEncoder:
-    """UNI v1: timm ``vit_large_patch16_224`` with LayerScale (``init_values=1e-5``), CLS token.
+    """A recipe's timm model, weights loaded strictly, embedding per ``recipe.embedding``.
 
-    Weights: MahmoodLab/UNI's ``pytorch_model.bin`` (file or folder) or the HF cache.
+    Weights: ``weights`` (a file, or a folder holding one of ``recipe.weights.files``), else the
+    offline Hugging Face cache of ``recipe.weights.hub``. Pixels go through the recipe's
+    published transform (:class:`~fivewsi.features.recipe.Preprocess`).
     """
-    model = build_uni(arch_overrides)
-    files = ("model.safetensors", "pytorch_model.bin")
-    path, source = _resolve_weights("uni", weights, ["MahmoodLab/UNI", "MahmoodLab/uni"], files)
-    _load_timm_weights(model, load_state_dict_file(path), what=f"UNI weights {path.name}")
+    path, source = _resolve_weights(recipe.name, weights, recipe.weights.hub, recipe.weights.files)
+    vit = build_timm_recipe(recipe, arch_overrides)
+    _load_timm_weights(vit, load_state_dict_file(path), what=f"{recipe.title} weights {path.name}")
+    width = vit.num_features
+    dim = 2 * width if recipe.embedding == "cls+mean-patches" else width
+    if not arch_overrides and dim != recipe.dim:
+        raise ValueError(
+            f"recipe {recipe.name}: the model gives {dim}-d features, not {recipe.dim}"
+        )
     return TorchImageEncoder(
-        model,
-        name="uni",
-        dim=model.num_features,
-        input_size=model.patch_embed.img_size,
+        TokenEmbedding(vit, recipe.embedding),
+        name=recipe.name,
+        dim=dim,
+        input_size=recipe.preprocess.input_size or 224,
+        transform=recipe.preprocess,
         amp=amp,
         source=source,
     )
+
+
+def build_uni(arch_overrides: dict[str, Any] | None = None) -> nn.Module:
+    """Randomly initialised UNI architecture (the ``uni`` recipe: timm ViT-L/16, LayerScale)."""
+    return build_timm_recipe(list_recipes()["uni"], arch_overrides)
 
 
 # ---------------------------------------------------------------------------------------------
