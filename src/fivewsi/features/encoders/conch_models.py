@@ -198,7 +198,9 @@ def build_conch_tower(recipe: EncoderRecipe, arch_overrides: dict[str, Any] | No
     trunk_kwargs = {**kwargs.pop("trunk_kwargs", {}), **overrides}
     if kwargs:
         raise ValueError(f"recipe {recipe.name}: unknown arch_kwargs {sorted(kwargs)}")
-    trunk = _create_timm(recipe.architecture, num_classes=0, global_pool="", **trunk_kwargs)
+    # No random initialisation: every trunk tensor is then loaded strictly from the checkpoint.
+    trunk = _create_timm(recipe.architecture, num_classes=0, global_pool="", weight_init="skip",
+                         **trunk_kwargs)
     if project and pooler != "mha":
         raise ValueError(f"{recipe.name} has no contrastive projection (only CONCH v1 has one)")
     return ConchVision(trunk, dim=dim, heads=heads, pooler=pooler, project=project)
