@@ -36,6 +36,9 @@ VISION = {
 }
 
 
+#: CLIP stand-ins at PLIP's input size (the recipe resizes to 224; patch 32 keeps them tiny).
+CLIP_VISION = {**VISION, "image_size": 224, "patch_size": 32}
+
 pytestmark = pytest.mark.usefixtures("offline")
 
 
@@ -46,7 +49,7 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Tiny saved models: CLIP vision tower, full CLIP, ViT with and without a trained pooler."""
     root = tmp_path_factory.mktemp("hf-models")
     torch.manual_seed(0)
-    vision_cfg = transformers.CLIPVisionConfig(**VISION, projection_dim=16)
+    vision_cfg = transformers.CLIPVisionConfig(**CLIP_VISION, projection_dim=16)
     transformers.CLIPVisionModelWithProjection(vision_cfg).save_pretrained(root / "clip-vision")
     text = {
         "hidden_size": 32,
@@ -59,7 +62,9 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "eos_token_id": 1,
         "pad_token_id": 1,
     }
-    clip_cfg = transformers.CLIPConfig(text_config=text, vision_config=VISION, projection_dim=24)
+    clip_cfg = transformers.CLIPConfig(
+        text_config=text, vision_config=CLIP_VISION, projection_dim=24
+    )
     transformers.CLIPModel(clip_cfg).save_pretrained(root / "clip-full")
     vit_cfg = transformers.ViTConfig(**VISION)
     transformers.ViTModel(vit_cfg, add_pooling_layer=False).save_pretrained(root / "vit")
@@ -108,7 +113,7 @@ def test_plip_from_folder(models: dict[str, Path], folder: str) -> None:
     encoder = create_encoder("plip", weights=models[folder])
     dim = 16 if folder == "clip-vision" else 24
     assert encoder.dim == dim
-    assert encoder.input_size == (32, 32)  # no processor config: the model's image_size
+    assert encoder.input_size == (224, 224)  # the recipe's crop (plip.yaml)
     check_features(encoder, dim)
     assert encoder.describe()["encoder"] == "plip"
 

@@ -1,4 +1,5 @@
-"""timm-based encoders (timm:, resnet50-trunc, uni, ctranspath, conch) on random stand-ins.
+"""timm-based encoders (timm:, uni) on random stand-ins (resnet50-trunc, ctranspath and conch:
+tests/test_encoder_recipes_clip.py).
 
 Needs the ``[models]`` extra (timm with a torchvision matching torch), so it is skipped where timm
 does not import. Stand-ins are built by the same builders as the real encoders, with smaller
@@ -9,7 +10,6 @@ blocked and the Hugging Face cache redirected to an empty folder.
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 
 import pytest
@@ -68,7 +68,7 @@ def check_features(encoder: torch.nn.Module, dim: int) -> torch.Tensor:
 def test_published_dims() -> None:
     """The feature sizes of the released models (the registry contract is tested for every
     encoder in test_encoder_registry.py)."""
-    dims = {"resnet50-trunc": 1024, "uni": 1024, "ctranspath": 768, "conch": 512}
+    dims = {"uni": 1024}
     assert {name: list_encoders()[name].dim for name in dims} == dims
 
 
@@ -137,31 +137,6 @@ def test_timm_wrong_weights_list_keys(tmp_path: Path) -> None:
         create_encoder("timm:resnet18", weights=weights)
 
 
-# --- resnet50-trunc -----------------------------------------------------------------------
-
-
-def test_resnet50_trunc_full_size_matches_layer3_pooling(tmp_path: Path) -> None:
-    """Torchvision-layout ResNet-50 weights (with layer4 and fc) → pooled layer3, 1024-d."""
-    torch.manual_seed(0)
-    full = tm._create_timm("resnet50", num_classes=1000).eval()
-    weights = save(full.state_dict(), tmp_path / "resnet50.pth")
-    encoder = create_encoder("resnet50-trunc", weights=weights)
-    assert encoder.dim == 1024 and encoder.input_size == (224, 224)
-    out = check_features(encoder, 1024)
-    with torch.no_grad():
-        x = full.maxpool(full.act1(full.bn1(full.conv1(encoder.preprocess(patches())))))
-        expected = full.layer3(full.layer2(full.layer1(x))).mean(dim=(2, 3))
-    torch.testing.assert_close(out, expected, atol=1e-4, rtol=1e-4)
-
-
-def test_resnet50_trunc_missing_tensor(tmp_path: Path) -> None:
-    state = tm.build_resnet50_trunc().state_dict()
-    del state["layer3.5.bn3.running_var"]
-    weights = save(state, tmp_path / "broken.pth")
-    with pytest.raises(WeightsMismatchError, match=r"layer3\.5\.bn3\.running_var"):
-        create_encoder("resnet50-trunc", weights=weights)
-
-
 # --- UNI ----------------------------------------------------------------------------------
 
 
@@ -189,90 +164,3 @@ def test_uni_architecture_mismatch(tmp_path: Path) -> None:
         create_encoder("uni", weights=weights, arch_overrides={**SMALL_VIT, "depth": 3})
     with pytest.raises(FileNotFoundError, match="MahmoodLab/UNI"):
         create_encoder("uni", arch_overrides=SMALL_VIT)
-
-
-# --- CTransPath ---------------------------------------------------------------------------
-
-
-def to_transpath_layout(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Current-timm Swin keys → TransPath's timm 0.5 layout, as in the released ctranspath.pth."""
-    old = {}
-    for key, value in state.items():
-        old[re.sub(r"^layers\.(\d+)\.downsample", _previous_stage, key)] = value
-    old["layers.0.blocks.0.attn.relative_position_index"] = torch.zeros(49, 49, dtype=torch.long)
-    return {"model": old}
-
-
-def _previous_stage(match: re.Match[str]) -> str:
-    return f"layers.{int(match[1]) - 1}.downsample"
-
-
-def test_ctranspath_small_from_released_layout(tmp_path: Path) -> None:
-    model = tm.build_ctranspath(SMALL_SWIN).eval()
-    assert "patch_embed.proj.6.bias" in model.state_dict()  # ConvStem, key names as released
-    weights = save(to_transpath_layout(model.state_dict()), tmp_path / "ctranspath.pth")
-    assert "layers.0.downsample.reduction.weight" in torch.load(weights)["model"]
-    encoder = create_encoder("ctranspath", weights=weights, arch_overrides=SMALL_SWIN)
-    out = check_features(encoder, 64)
-    with torch.no_grad():
-        torch.testing.assert_close(out, model(encoder.preprocess(patches())), atol=1e-5, rtol=1e-4)
-
-
-def test_ctranspath_full_size_architecture() -> None:
-    model = tm.build_ctranspath()
-    assert model.num_features == 768
-    assert 27_000_000 < sum(p.numel() for p in model.parameters()) < 28_500_000
-    with torch.no_grad():
-        assert model(torch.zeros(1, 3, 224, 224)).shape == (1, 768)
-
-
-def test_ctranspath_wrong_weights(tmp_path: Path) -> None:
-    state = tm.build_ctranspath(SMALL_SWIN).state_dict()
-    state["patch_embed.proj.0.weight"] = torch.zeros(1, 3, 3, 3)
-    weights = save(state, tmp_path / "ctranspath.pth")
-    with pytest.raises(WeightsMismatchError, match=r"patch_embed\.proj\.0\.weight"):
-        create_encoder("ctranspath", weights=weights, arch_overrides=SMALL_SWIN)
-
-
-# --- CONCH --------------------------------------------------------------------------------
-
-
-def conch_checkpoint(model: tm.ConchVision) -> dict[str, torch.Tensor]:
-    """A CoCa-like full checkpoint: visual.* (+ caption pooler), text tower, logit scale."""
-    state = {f"visual.{k}": v for k, v in model.state_dict().items()}
-    state["visual.attn_pool_caption.query"] = torch.zeros(4, 32)
-    state["visual.ln_caption.weight"] = torch.ones(32)
-    state["text.token_embedding.weight"] = torch.zeros(8, 32)
-    state["logit_scale"] = torch.tensor(1.0)
-    return state
-
-
-def test_conch_small_from_full_checkpoint(tmp_path: Path) -> None:
-    model = tm.build_conch(SMALL_CONCH, project=True).eval()
-    weights = save(conch_checkpoint(model), tmp_path / "pytorch_model.bin")
-    encoder = create_encoder("conch", weights=weights, arch_overrides=SMALL_CONCH)
-    assert encoder.input_size == (448, 448)
-    out = check_features(encoder, 16)
-    projected = create_encoder("conch", weights=weights, arch_overrides=SMALL_CONCH, project=True)
-    with torch.no_grad():
-        x = encoder.preprocess(patches())
-        torch.testing.assert_close(projected(patches()), model(x), atol=1e-5, rtol=1e-4)
-        torch.testing.assert_close(out @ model.proj_contrast, model(x), atol=1e-5, rtol=1e-4)
-
-
-def test_conch_full_size_keys_match_release() -> None:
-    """Key names and shapes of the published CONCH v1 vision tower (``visual.`` stripped)."""
-    state = tm.build_conch().state_dict()
-    assert state["trunk.pos_embed"].shape == (1, 785, 768)  # 448 px / 16 = 28², + CLS
-    assert state["attn_pool_contrast.query"].shape == (1, 512)
-    assert state["attn_pool_contrast.attn.k_proj_weight"].shape == (512, 768)
-    assert state["attn_pool_contrast.ln_k.weight"].shape == (768,)
-    assert state["ln_contrast.weight"].shape == (512,)
-
-
-def test_conch_missing_key(tmp_path: Path) -> None:
-    state = conch_checkpoint(tm.build_conch(SMALL_CONCH))
-    del state["visual.ln_contrast.bias"]
-    weights = save(state, tmp_path / "conch.bin")
-    with pytest.raises(WeightsMismatchError, match=r"missing keys \(ln_contrast\.bias\)"):
-        create_encoder("conch", weights=weights, arch_overrides=SMALL_CONCH)

@@ -1,4 +1,5 @@
-"""Hugging Face ``transformers`` patch encoders: PLIP and any local vision model (``hf:``).
+"""Hugging Face ``transformers`` patch encoders: the ``transformers`` recipe builder (Phikon,
+Phikon-v2, PLIP) and any local vision model (``hf:``).
 
 Models load from a local folder (``--weights DIR`` with ``config.json`` and the weights) or from
 a repo already in the Hugging Face cache; always with ``local_files_only=True``, so nothing is
@@ -35,11 +36,11 @@ from fivewsi.features.encoders.common import (
     WeightsMismatchError,
     cached_hf_file,
 )
+from fivewsi.features.recipe import EncoderRecipe, RecipeError, register_builder
 from fivewsi.features.registry import register_encoder
 
 logger = logging.getLogger(__name__)
 
-PLIP_REPO = "vinid/plip"
 _POOLINGS = ("auto", "pooler", "cls", "mean", "image_features")
 
 
@@ -267,47 +268,77 @@ def _probe_dim(module: nn.Module, size: tuple[int, int]) -> int:
 # Registered encoders
 
 
-@register_encoder(
-    "plip",
-    dim=512,
-    description=(
-        "PLIP: CLIP ViT-B/32 fine-tuned on OpenPath pathology image-text pairs; projected "
-        "512-d image embedding; 224 px"
-    ),
-    needs_weights=True,
-)
-def plip_encoder(weights: Path | None = None, *, amp: bool = True) -> TorchImageEncoder:
-    """PLIP image embeddings from a folder (``--weights DIR``) or the cached ``vinid/plip``.
+#: ``architecture`` of a ``transformers`` recipe → (class to load, model types it accepts).
+_RECIPE_CLASSES = {
+    "ViTModel": ("ViTModel", ("vit",)),
+    "AutoModel": ("AutoModel", ("dinov2", "vit")),
+    # CLIP: only the vision tower and its projection are loaded (the text tower is unused).
+    "CLIPModel": ("CLIPVisionModelWithProjection", ("clip", "clip_vision_model")),
+}
 
-    The folder may hold the full CLIP model (as published) or only its vision tower; the text
-    tower's weights are ignored.
+
+@register_builder("transformers")
+def build_transformers_encoder(
+    recipe: EncoderRecipe, weights: Path | None = None, *, amp: bool = True
+) -> TorchImageEncoder:
+    """A ``transformers`` recipe's encoder from a model folder or the HF cache (local only).
+
+    ``--weights`` is the folder as the hub ships it (``config.json`` + ``model.safetensors``
+    or ``pytorch_model.bin``), or a weights file inside it; otherwise the first of the recipe's
+    hub repos found in the Hugging Face cache. Embeddings: ``cls`` is the first token of
+    ``last_hidden_state`` (after the final norm), ``pooled`` a CLIP model's projected image
+    embedding (``get_image_features``, not L2-normalised).
     """
-    from transformers import AutoConfig, CLIPVisionModelWithProjection
+    import transformers
 
-    folder = resolve_model_dir(weights if weights is not None else PLIP_REPO, "plip")
-    config = AutoConfig.from_pretrained(folder, local_files_only=True)
-    if config.model_type not in ("clip", "clip_vision_model"):
+    class_name, model_types = _RECIPE_CLASSES[recipe.architecture]
+    if weights is not None and Path(weights).is_file():
+        weights = Path(weights).parent
+    source = weights if weights is not None else _cached_repo(recipe)
+    folder = resolve_model_dir(source, recipe.name)
+    config = transformers.AutoConfig.from_pretrained(folder, local_files_only=True)
+    if config.model_type not in model_types:
         raise WeightsMismatchError(
-            f"{folder} holds a {config.model_type!r} model; PLIP is a CLIP model (model_type clip)"
+            f"{folder} holds a {config.model_type!r} model; {recipe.title} is "
+            f"{recipe.architecture} (model_type {model_types[0]})"
         )
-    if hasattr(config, "vision_config"):
+    kwargs: dict[str, Any] = {}
+    if recipe.architecture == "CLIPModel" and hasattr(config, "vision_config"):
         # A full CLIP config keeps projection_dim at the top level, not in vision_config.
         projection_dim = config.projection_dim
         config = config.vision_config
         config.projection_dim = projection_dim
-    vision = _load_pretrained(CLIPVisionModelWithProjection, folder, config=config)
-    model = CLIPImageEmbeds(vision)
-    size, mean, std = input_spec(folder, vision.config, CLIP_MEAN, CLIP_STD)
+    if recipe.architecture == "ViTModel":
+        kwargs["add_pooling_layer"] = False  # the class token is used, not the pooler
+    model = _load_pretrained(getattr(transformers, class_name), folder, config=config, **kwargs)
+    if recipe.embedding == "pooled" and recipe.architecture == "CLIPModel":
+        module: nn.Module = CLIPImageEmbeds(model)
+        dim = model.config.projection_dim
+    elif recipe.embedding == "cls":
+        module = HFImageFeatures(model, "cls")
+        dim = model.config.hidden_size
+    else:
+        raise RecipeError(f"recipe {recipe.name}: embedding {recipe.embedding!r} is not "
+                          f"supported for {recipe.architecture}")
+    module.eval()
     return TorchImageEncoder(
-        model,
-        name="plip",
-        dim=vision.config.projection_dim,
-        input_size=size,
-        mean=mean,
-        std=std,
+        module,
+        name=recipe.name,
+        dim=dim,
+        input_size=recipe.preprocess.input_size or _config_image_size(model.config) or 224,
+        transform=recipe.preprocess,
         amp=amp,
-        source=str(weights) if weights is not None else f"hf-cache:{PLIP_REPO}",
+        source=str(weights) if weights is not None else f"hf-cache:{source}",
     )
+
+
+def _cached_repo(recipe: EncoderRecipe) -> str:
+    """The first of the recipe's hub repos with a ``config.json`` in the HF cache, else the
+    first repo (whose lookup then fails with the usual message)."""
+    for repo in recipe.weights.hub:
+        if cached_hf_file(repo, ["config.json"]) is not None:
+            return repo
+    return recipe.weights.hub[0]
 
 
 def _pick_pooling(model: nn.Module, pooling: str) -> str:

@@ -1,11 +1,14 @@
-"""timm-based patch encoders: ``timm:<model>``, CLAM's ResNet-50, CTransPath, CONCH, and the
-``timm`` recipe builder (UNI, UNI2-h, Virchow, Virchow2, H-optimus-0/1, Prov-GigaPath).
+"""timm-based patch encoders: ``timm:<model>``, the ``timm`` recipe builder (UNI, UNI2-h,
+Virchow, Virchow2, H-optimus-0/1, Prov-GigaPath) and the timm helpers other families share.
+
+CLAM's ResNet-50, CTransPath and CONCH are recipes built by :mod:`.clam_models`,
+:mod:`.ctranspath_models` and :mod:`.conch_models` with the helpers below.
 
 timm is imported inside the factories (it needs a torchvision matching torch), so importing this
 module only registers names. Weights never come from the network: ``--weights PATH`` (a state
 dict file or a folder holding ``model.safetensors`` / ``pytorch_model.bin``) or, failing that,
 files already in the local Hugging Face cache. Loading is strict; only keys documented as unused
-(classifier heads, CONCH's text tower...) are skipped.
+(classifier heads...) are skipped.
 
 Every factory takes ``arch_overrides`` (extra ``timm.create_model`` keyword arguments such as
 ``depth``/``embed_dim``/``num_heads``), which lets tests build small stand-ins of the same family.
@@ -22,7 +25,7 @@ import json
 import logging
 import re
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,10 +34,6 @@ from torch import nn
 
 from fivewsi.errors import FeatureStageError
 from fivewsi.features.encoders.common import (
-    CLIP_MEAN,
-    CLIP_STD,
-    IMAGENET_MEAN,
-    IMAGENET_STD,
     TorchImageEncoder,
     WeightsMismatchError,
     cached_hf_file,
@@ -220,51 +219,6 @@ def timm_encoder(
 
 
 # ---------------------------------------------------------------------------------------------
-# resnet50-trunc (CLAM)
-
-
-def build_resnet50_trunc(arch_overrides: dict[str, Any] | None = None) -> nn.Module:
-    """Randomly initialised timm ResNet-50 whose ``layer4`` is removed (pooled layer3 output)."""
-    model = _create_timm("resnet50.tv_in1k", num_classes=0, **(arch_overrides or {}))
-    # Identity keeps timm's forward (stem → layers → pool → flatten) while stopping at layer3.
-    model.layer4 = nn.Identity()
-    model.num_features = next(f["num_chs"] for f in model.feature_info if f["module"] == "layer3")
-    return model
-
-
-@register_encoder(
-    "resnet50-trunc",
-    dim=1024,
-    description=(
-        "ResNet-50 (ImageNet, torchvision weights) cut after layer3 + average pooling, as in "
-        "CLAM; 224 px"
-    ),
-    needs_weights=True,
-    extra="models",
-)
-def resnet50_trunc_encoder(
-    weights: Path | None = None,
-    *,
-    arch_overrides: dict[str, Any] | None = None,
-    amp: bool = True,
-) -> TorchImageEncoder:
-    """CLAM's baseline encoder: ResNet-50 up to ``layer3`` then global average pooling → 1024-d.
-
-    Takes torchvision's ``resnet50`` state dict (IMAGENET1K_V1) or ``timm/resnet50.tv_in1k``;
-    their ``layer4``/``fc`` tensors are unused.
-    """
-    model = build_resnet50_trunc(arch_overrides)
-    dim = model.num_features
-    path, source = _resolve_weights("resnet50-trunc", weights, ["timm/resnet50.tv_in1k"])
-    _load_timm_weights(
-        model, load_state_dict_file(path), what=f"weights {path.name}", ignore=[r"layer4\."]
-    )
-    return TorchImageEncoder(
-        model, name="resnet50-trunc", dim=dim, input_size=224, amp=amp, source=source
-    )
-
-
-# ---------------------------------------------------------------------------------------------
 # Recipes built with timm (UNI, UNI2-h, Virchow, Virchow2, H-optimus-0/1, Prov-GigaPath...)
 
 #: Modules whose classes a recipe may name as ``arch_kwargs`` values (e.g.
@@ -375,242 +329,3 @@ def timm_recipe_encoder(
 def build_uni(arch_overrides: dict[str, Any] | None = None) -> nn.Module:
     """Randomly initialised UNI architecture (the ``uni`` recipe: timm ViT-L/16, LayerScale)."""
     return build_timm_recipe(list_recipes()["uni"], arch_overrides)
-
-
-# ---------------------------------------------------------------------------------------------
-# CTransPath
-
-
-class ConvStem(nn.Module):
-    """CTransPath's patch embedding: two stride-2 3×3 conv/BN/ReLU stages and a 1×1 projection.
-
-    Replaces Swin's 4×4 patchify convolution. The layer indices inside ``proj`` (0, 1, 3, 4, 6)
-    follow the released checkpoint's key names. Outputs NHWC, as timm's Swin expects.
-
-    Example:
-        >>> stem = ConvStem(img_size=32, patch_size=4, embed_dim=16)
-        >>> stem(torch.zeros(1, 3, 32, 32)).shape
-        torch.Size([1, 8, 8, 16])
-    """
-
-    def __init__(
-        self,
-        img_size: int | Sequence[int] = 224,
-        patch_size: int | Sequence[int] = 4,
-        in_chans: int = 3,
-        embed_dim: int = 96,
-        norm_layer: Callable[[int], nn.Module] | None = None,
-        **_: Any,  # timm passes strict_img_size, output_fmt, device, dtype: not needed here
-    ) -> None:
-        super().__init__()
-        if _pair(patch_size) != (4, 4) or embed_dim % 8:
-            raise ValueError("ConvStem needs patch_size 4 and embed_dim divisible by 8")
-        self.patch_size = (4, 4)
-        self.set_input_size(img_size)
-        width = embed_dim // 8
-        layers: list[nn.Module] = []
-        for in_ch, out_ch in ((in_chans, width), (width, width * 2)):
-            layers += [
-                nn.Conv2d(in_ch, out_ch, kernel_size=3, stride=2, padding=1, bias=False),
-                nn.BatchNorm2d(out_ch),
-                nn.ReLU(inplace=True),
-            ]
-        layers.append(nn.Conv2d(width * 2, embed_dim, kernel_size=1))
-        self.proj = nn.Sequential(*layers)
-        self.norm = norm_layer(embed_dim) if norm_layer else nn.Identity()
-
-    def set_input_size(self, img_size: int | Sequence[int] | None = None, **_: Any) -> None:
-        """Record the input size and token grid (timm's Swin reads ``grid_size``)."""
-        if img_size is not None:
-            self.img_size = _pair(img_size)
-            self.grid_size = (self.img_size[0] // 4, self.img_size[1] // 4)
-            self.num_patches = self.grid_size[0] * self.grid_size[1]
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.norm(self.proj(x).permute(0, 2, 3, 1))
-
-
-def _pair(value: int | Sequence[int]) -> tuple[int, int]:
-    return (value, value) if isinstance(value, int) else (int(value[0]), int(value[1]))
-
-
-def _ctranspath_to_timm(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Map TransPath's (timm 0.5) Swin layout onto current timm.
-
-    Old Swin put each stage's downsampling at its end (``layers.0.downsample``), current timm at
-    the start of the next stage (``layers.1.downsample``); ``relative_position_index`` and
-    ``attn_mask`` are rebuilt buffers, not weights.
-    """
-    old_layout = "layers.0.downsample.reduction.weight" in state
-    out = {}
-    for key, value in state.items():
-        if key.endswith(("relative_position_index", "attn_mask")):
-            continue
-        if old_layout:
-            key = re.sub(r"^layers\.(\d+)\.downsample", _next_stage, key)
-        out[key] = value
-    return out
-
-
-def _next_stage(match: re.Match[str]) -> str:
-    return f"layers.{int(match.group(1)) + 1}.downsample"
-
-
-def build_ctranspath(arch_overrides: dict[str, Any] | None = None) -> nn.Module:
-    """Randomly initialised CTransPath architecture (Swin-T + :class:`ConvStem`, 224 px)."""
-    kwargs = {"img_size": 224, "embed_layer": ConvStem, **(arch_overrides or {})}
-    return _create_timm("swin_tiny_patch4_window7_224", num_classes=0, **kwargs)
-
-
-@register_encoder(
-    "ctranspath",
-    dim=768,
-    description="CTransPath: Swin-T with a convolutional stem, SRCL-trained on TCGA/PAIP; 224 px",
-    needs_weights=True,
-    extra="models",
-)
-def ctranspath_encoder(
-    weights: Path | None = None,
-    *,
-    arch_overrides: dict[str, Any] | None = None,
-    amp: bool = True,
-) -> TorchImageEncoder:
-    """CTransPath: timm ``swin_tiny_patch4_window7_224`` whose patch embedding is :class:`ConvStem`.
-
-    Weights: TransPath's ``ctranspath.pth`` (``{"model": state_dict}``; head keys dropped).
-    """
-    model = build_ctranspath(arch_overrides)
-    files = ("ctranspath.pth", "pytorch_model.bin", "model.safetensors")
-    path, source = _resolve_weights("ctranspath", weights, files=files)
-    state = _ctranspath_to_timm(load_state_dict_file(path))
-    # The released file has no head, but a fine-tuned one would have the old "head." name.
-    load_strict(model, state, ignore_unexpected=[r"head\."], what=f"CTransPath weights {path.name}")
-    return TorchImageEncoder(
-        model,
-        name="ctranspath",
-        dim=model.num_features,
-        input_size=model.patch_embed.img_size,
-        mean=IMAGENET_MEAN,
-        std=IMAGENET_STD,
-        amp=amp,
-        source=source,
-    )
-
-
-# ---------------------------------------------------------------------------------------------
-# CONCH
-
-
-class AttentionalPooler(nn.Module):
-    """Learned queries cross-attending to the image tokens (CoCa-style attentional pooling).
-
-    Parameter names (``query``, ``attn``, ``ln_q``, ``ln_k``) follow the CONCH checkpoint.
-
-    Example:
-        >>> pool = AttentionalPooler(dim=8, context_dim=12, heads=2, queries=1)
-        >>> pool(torch.zeros(3, 5, 12)).shape
-        torch.Size([3, 1, 8])
-    """
-
-    def __init__(self, dim: int, context_dim: int, heads: int = 8, queries: int = 1) -> None:
-        super().__init__()
-        self.query = nn.Parameter(torch.randn(queries, dim))
-        self.attn = nn.MultiheadAttention(
-            dim, heads, kdim=context_dim, vdim=context_dim, batch_first=True
-        )
-        self.ln_q = nn.LayerNorm(dim)
-        self.ln_k = nn.LayerNorm(context_dim)
-
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        context = self.ln_k(tokens)
-        query = self.ln_q(self.query).unsqueeze(0).expand(tokens.shape[0], -1, -1)
-        return self.attn(query, context, context, need_weights=False)[0]
-
-
-class ConchVision(nn.Module):
-    """CONCH v1's image tower: a timm ViT-B/16 trunk (448 px) + contrastive attentional pooling.
-
-    ``forward`` returns the pooled, layer-normed 512-d embedding *before* ``proj_contrast`` (what
-    CONCH's ``encode_image(proj_contrast=False, normalize=False)`` gives); ``project=True`` also
-    applies ``proj_contrast`` (the space shared with CONCH's text tower).
-    """
-
-    def __init__(
-        self, trunk: nn.Module, dim: int = 512, heads: int = 8, project: bool = False
-    ) -> None:
-        super().__init__()
-        self.dim = dim
-        self.trunk = trunk
-        self.attn_pool_contrast = AttentionalPooler(dim, trunk.num_features, heads, queries=1)
-        self.ln_contrast = nn.LayerNorm(dim)
-        self.proj_contrast = nn.Parameter(torch.zeros(dim, dim)) if project else None
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        tokens = self.trunk.forward_features(x)  # [B, 1 + N, C], after the trunk's final norm
-        pooled = self.ln_contrast(self.attn_pool_contrast(tokens)[:, 0])
-        return pooled @ self.proj_contrast if self.proj_contrast is not None else pooled
-
-
-def _conch_visual_state(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The image-tower tensors of a full CONCH checkpoint (``visual.*``), prefix removed."""
-    visual = {k.removeprefix("visual."): v for k, v in state.items() if k.startswith("visual.")}
-    return visual or dict(state)  # already a vision-only state dict
-
-
-def build_conch(arch_overrides: dict[str, Any] | None = None, project: bool = False) -> ConchVision:
-    """Randomly initialised CONCH v1 image tower (ViT-B/16 at 448 px + contrastive pooler).
-
-    ``arch_overrides`` go to the timm trunk, except ``output_dim`` (512) and ``pool_heads`` (8).
-    """
-    overrides = dict(arch_overrides or {})
-    dim = overrides.pop("output_dim", 512)
-    heads = overrides.pop("pool_heads", 8)
-    kwargs = {"img_size": 448, "global_pool": "", **overrides}
-    trunk = _create_timm("vit_base_patch16_224", num_classes=0, **kwargs)
-    return ConchVision(trunk, dim=dim, heads=heads, project=project)
-
-
-@register_encoder(
-    "conch",
-    dim=512,
-    description=(
-        "CONCH v1 (MahmoodLab) image tower: ViT-B/16 + attentional pooling, 512-d before the "
-        "contrastive projection; 448 px"
-    ),
-    needs_weights=True,
-    extra="models",
-)
-def conch_encoder(
-    weights: Path | None = None,
-    *,
-    arch_overrides: dict[str, Any] | None = None,
-    project: bool = False,
-    amp: bool = True,
-) -> TorchImageEncoder:
-    """CONCH v1 image embeddings from MahmoodLab/CONCH's ``pytorch_model.bin``.
-
-    ``arch_overrides``: see :func:`build_conch`. The checkpoint's text tower, caption pooler
-    and logit scale are unused.
-    """
-    model = build_conch(arch_overrides, project=project)
-    path, source = _resolve_weights(
-        "conch", weights, ["MahmoodLab/CONCH", "MahmoodLab/conch"], ("pytorch_model.bin",)
-    )
-    unused = [r"attn_pool_caption\.", r"ln_caption\.", r"trunk\.head\."]
-    unused += [] if project else [r"proj_contrast$"]
-    load_strict(
-        model,
-        _conch_visual_state(load_state_dict_file(path)),
-        ignore_unexpected=unused,
-        what=f"CONCH weights {path.name}",
-    )
-    return TorchImageEncoder(
-        model,
-        name="conch",
-        dim=model.dim,
-        input_size=model.trunk.patch_embed.img_size,
-        mean=CLIP_MEAN,
-        std=CLIP_STD,
-        amp=amp,
-        source=source,
-    )
