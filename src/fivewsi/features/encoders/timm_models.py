@@ -306,6 +306,7 @@ def timm_recipe_encoder(
     offline Hugging Face cache of ``recipe.weights.hub``. Pixels go through the recipe's
     published transform (:class:`~fivewsi.features.recipe.Preprocess`).
     """
+    import_timm()  # the missing extra is said first: weights alone would not make it run
     path, source = _resolve_weights(recipe.name, weights, recipe.weights.hub, recipe.weights.files)
     vit = build_timm_recipe(recipe, arch_overrides)
     _load_timm_weights(vit, load_state_dict_file(path), what=f"{recipe.title} weights {path.name}")
