@@ -266,7 +266,7 @@ def image_data_uri(image: ImageSource, max_side: int) -> str:
 
 
 def evaluation_figures(folder: str | os.PathLike[str]) -> list[SlideImage]:
-    """The figures an evaluation folder lists in its ``metrics.json`` (``figures``: ``{"file",
+    r"""The figures an evaluation folder lists in its ``metrics.json`` (``figures``: ``{"file",
     "title"}`` each), as images for :func:`render_report_html`.
 
     Only plain PNG file names directly in ``folder`` are taken (no ``/``, no ``..``, no link
