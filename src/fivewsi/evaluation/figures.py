@@ -303,10 +303,16 @@ def shots_figure(
             ax.set_xlabel("k (labelled slides per class)")
             ax.set_ylabel(_TITLES.get(metric, metric))
             ax.set_title(f"{_TITLES.get(metric, metric)}: mean ± 95 % t-interval over seeds")
-            low = min([r.mean for r in rows if r.metric == metric] + [0.5])
-            ax.set_ylim(max(0.0, low - 0.1), 1.02)
-            if i == 0:
-                ax.legend(loc="lower right")
+            lows = [r.mean for r in rows if r.metric == metric]
+            lows += [band[0] for r in rows if r.metric == metric
+                     for band in [t_interval(r.values)] if band is not None]
+            ax.set_ylim(max(0.0, min([*lows, 0.5]) - 0.05), 1.02)
+        legend: dict[str, Any] = {}  # one entry per label over every panel
+        for ax in figure.axes:
+            for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
+                legend.setdefault(label, handle)
+        figure.legend(list(legend.values()), list(legend), loc="outside lower center",
+                      ncols=min(len(legend), 6))
         if title:
             figure.suptitle(title)
     return save_figure(figure, path)
