@@ -359,6 +359,8 @@ def crossval_figure(
         ax.set_ylabel("value")
         heading = (f"{summary.get('model', '')}: {summary.get('folds', len(per_fold))}-fold "
                    f"cross-validation, {summary.get('n_slides', '')} slides").strip()
+        if summary.get("shots"):
+            heading += f", k={summary['shots']} per class"
         ax.set_title(f"{title}\n{heading}".strip())
         ax.legend(loc="lower right")
     return save_figure(figure, path)
