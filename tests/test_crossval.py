@@ -107,5 +107,11 @@ def test_crossval_command(cohort: FeatureCohort, tmp_path: Path) -> None:
     assert ok.exit_code == 0, ok.output
     assert "pooled balanced accuracy over 12 patients" in ok.output
     assert (tmp_path / "cli" / "config.yaml").is_file()
+    from fivewsi.evaluation.figures import CROSSVAL_SIZE
+    from test_figures import figure_problems
+
+    assert figure_problems(tmp_path / "cli" / "crossval.png", CROSSVAL_SIZE) == []
+    assert "crossval.png" in ok.output
+    assert (tmp_path / "cli" / "folds" / "fold0" / "eval" / "roc.png").is_file()
     bad = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "bad"), "--folds", "1"])
     assert bad.exit_code == 2 and "folds" in bad.output

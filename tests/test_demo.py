@@ -76,6 +76,10 @@ def test_demo_end_to_end(tmp_path):
     assert all(r["status"] == "ok" and r["predicted"] in ("LUAD", "LUSC") for r in predictions)
     page = (out / "predictions" / "report.html").read_text(encoding="utf-8")
     assert all(slide_id in page for slide_id in test_ids)
+    # the page shows the run's test evaluation figures (runs/fewshot/evaluation/test)
+    assert "<h2>Evaluation</h2>" in page and "ROC curves (one-vs-rest)" in page
+    for name in ("roc.png", "confusion.png", "reliability.png"):
+        assert (out / "runs" / "fewshot" / "evaluation" / "test" / name).is_file()
 
     # what the user sees: each command, the metrics and where the page is
     text = " ".join(result.output.split())

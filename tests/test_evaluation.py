@@ -26,6 +26,7 @@ from fivewsi.evaluation.fewshot import (
 )
 from fivewsi.runs.classifier import SlidePrediction
 from fivewsi.synthetic import FeatureCohort, make_feature_cohort
+from test_figures import figure_problems
 
 CLASSES = ["LUAD", "LUSC"]
 METRIC_NAMES = ("balanced_accuracy", "accuracy", "macro_f1", "auc", "confusion_matrix")
@@ -218,6 +219,10 @@ def test_evaluate_command_prints_metrics_and_writes_json(
     assert "balanced_accuracy" in result.output and "95% CI" in result.output
     info = json.loads((run / "evaluation" / "test" / "metrics.json").read_text())
     assert info["metrics"]["bootstrap"]["n_bootstrap"] == 50
+    assert [f["file"] for f in info["figures"]] == ["roc.png", "confusion.png", "reliability.png"]
+    for name in ("roc.png", "confusion.png", "reliability.png"):
+        assert (run / "evaluation" / "test" / name).is_file()
+    assert "roc.png" in result.output
 
     bad = _copy_cohort(cohort, tmp_path, lambda rows: [*rows[:-1], CohortRow(
         rows[-1].slide_id, "SCLC", None, "test")])
@@ -276,6 +281,11 @@ def test_fewshot_grid_trains_evaluates_and_resumes(
     assert first.mean("abmil", 1) == pytest.approx(np.mean(values))
     markdown = grid.out.joinpath("fewshot.md").read_text()
     assert "## balanced_accuracy (headline)" in markdown and "| abmil |" in markdown
+    from fivewsi.evaluation.figures import SHOTS_SIZE
+
+    assert first.figure == grid.out / "fewshot.png"
+    assert "](fewshot.png)" in markdown
+    assert figure_problems(first.figure, SHOTS_SIZE) == []
     assert len(list(csv.DictReader(grid.out.joinpath("cells.csv").open()))) == 4
 
     # Resume: nothing is trained or evaluated again, nothing is rewritten.
@@ -355,6 +365,9 @@ def test_fewshot_with_pretrained_run_adds_zero_shot_and_fine_tuned_rows(
     assert tuned["init"] == str(pretrained)
     assert result.shots == [0, 1]
     assert "| five+reports |" in result.markdown.read_text()
+    from fivewsi.evaluation.figures import SHOTS_SIZE
+
+    assert figure_problems(result.figure, SHOTS_SIZE) == []  # zero-shot drawn as a line
 
 
 def test_fewshot_command_runs_the_grid(grid: FewshotConfig, cohort: FeatureCohort) -> None:
@@ -366,6 +379,7 @@ def test_fewshot_command_runs_the_grid(grid: FewshotConfig, cohort: FeatureCohor
     result = CliRunner().invoke(_cli(), args)
     assert result.exit_code == 0, result.output
     assert "balanced accuracy" in result.output and "abmil" in result.output
+    assert (grid.out / "fewshot.png").is_file() and "fewshot.png" in result.output
     bad = CliRunner().invoke(_cli(), [*args, "--models", "nosuchmodel"])  # the last one wins
     assert bad.exit_code == 2 and "unknown models" in bad.output
 
@@ -429,10 +443,22 @@ def test_patient_block_and_patient_predictions(
     correct = [r["label"] == r["predicted"] for r in rows]
     assert block["accuracy"]["value"] == pytest.approx(np.mean(correct))
     assert len(result.patients) == 6
-    # Without patient ids: no patient block, and an old patient file is not left behind.
+    from fivewsi.evaluation import figures
+
+    sizes = {"roc": figures.ROC_SIZE, "confusion": figures.CONFUSION_SIZE,
+             "reliability": figures.RELIABILITY_SIZE}
+    listed = [f["file"] for f in info["figures"]]
+    assert listed == [f"{level}{name}.png" for level in ("", "patient_") for name in sizes]
+    for level in ("", "patient_"):
+        for name, size in sizes.items():
+            assert figure_problems(out / f"{level}{name}.png", size) == []
+    assert info["figures"][3]["title"].endswith("patients")
+    # Without patient ids: no patient block, and old patient files are not left behind.
     evaluate_run("run", cohort.features_dir, cohort.cohort_csv, out=out, n_bootstrap=10)
-    assert "patient" not in json.loads((out / "metrics.json").read_text())
+    info = json.loads((out / "metrics.json").read_text())
+    assert "patient" not in info and len(info["figures"]) == 3
     assert not (out / "patient_predictions.csv").exists()
+    assert not list(out.glob("patient_*.png"))
 
 
 def test_evaluate_refuses_a_patient_with_two_labels(

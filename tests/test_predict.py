@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -109,6 +110,41 @@ def test_predict_refuses_a_missing_input(setup: dict[str, Path]) -> None:
               "--out", str(setup["root"] / "out2"), "--no-progress"],
     )
     assert done.exit_code == 2
+
+
+def test_report_shows_the_run_evaluation_figures(setup: dict[str, Path], tmp_path: Path) -> None:
+    from fivewsi.evaluation.evaluate import evaluate_run
+
+    features = setup["work"] / "features"
+    evaluate_run(setup["run"], features, setup["root"] / "cohort.csv", split=None,
+                 out=tmp_path / "eval", n_bootstrap=0)
+    done = _predict(setup, str(features / "s1.h5"), "--out", str(tmp_path / "given"),
+                    "--evaluation", str(tmp_path / "eval"))
+    assert done.exit_code == 0, done.output
+    page = (tmp_path / "given" / "report.html").read_text()
+    assert "<h2>Evaluation</h2>" in page and page.count('src="data:image/png;base64,') == 3
+    assert "ROC curves (one-vs-rest), slides" in page
+    # Without --evaluation: none for a run never evaluated, then the run's own test evaluation.
+    done = _predict(setup, str(features / "s1.h5"), "--out", str(tmp_path / "plain"))
+    assert "<h2>Evaluation</h2>" not in (tmp_path / "plain" / "report.html").read_text()
+    shutil.copytree(tmp_path / "eval", tmp_path / "run" / "evaluation" / "test")
+    run = tmp_path / "run"
+    for name in ("run.json", "model.safetensors", "texts.safetensors"):
+        if (setup["run"] / name).exists():
+            shutil.copy(setup["run"] / name, run / name)
+    other = _predict(setup, str(features / "s1.h5"), "--out", str(tmp_path / "found"), run=run)
+    assert other.exit_code == 0, other.output
+    # that evaluation names another run folder: not taken for this run's
+    assert "<h2>Evaluation</h2>" not in (tmp_path / "found" / "report.html").read_text()
+    info = json.loads((run / "evaluation" / "test" / "metrics.json").read_text())
+    info["run"] = str(run.resolve())
+    (run / "evaluation" / "test" / "metrics.json").write_text(json.dumps(info))
+    again = _predict(setup, str(features / "s1.h5"), "--out", str(tmp_path / "found"), run=run)
+    assert again.exit_code == 0, again.output
+    assert "<h2>Evaluation</h2>" in (tmp_path / "found" / "report.html").read_text()
+    bad = _predict(setup, str(features / "s1.h5"), "--out", str(tmp_path / "bad"),
+                   "--evaluation", str(tmp_path / "nowhere"))
+    assert bad.exit_code == 2 and "metrics.json" in bad.output
 
 
 def _predict(setup: dict[str, Path], *args: str, run: Path | None = None):

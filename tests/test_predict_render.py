@@ -496,3 +496,32 @@ def test_report_renders_in_headless_chromium(tmp_path: Path) -> None:
     assert dom.count('<section class="slide') == 3
     assert 'id="slide-2"' in dom and "OpenSlideError" in dom
     assert "<script>alert" not in dom
+
+
+def test_report_shows_the_evaluation_figures_escaped(tmp_path: Path) -> None:
+    from fivewsi.evaluation import figures
+    from fivewsi.predict.html import evaluation_figures
+
+    folder = tmp_path / "eval"
+    probs = np.array([[0.8, 0.2], [0.3, 0.7], [0.6, 0.4], [0.1, 0.9]])
+    roc = figures.roc_figure(folder / "roc.png", np.array([0, 1, 1, 0]), probs, ["a", "b"])
+    outside = tmp_path / "outside.png"
+    outside.write_bytes(roc.read_bytes())
+    (folder / "link.png").symlink_to(outside)
+    listed = [{"file": "roc.png", "title": "ROC <script>alert(1)</script>"},
+              {"file": "../outside.png", "title": "up"},
+              {"file": str(outside), "title": "absolute"},
+              {"file": "link.png", "title": "symlink out"},
+              {"file": "missing.png", "title": "missing"},
+              {"file": "metrics.json", "title": "not a figure"}]
+    (folder / "metrics.json").write_text(json.dumps({"figures": listed}))
+    found = evaluation_figures(folder)
+    assert [f.title for f in found] == [listed[0]["title"]]
+    page = render_report_html(sample_slides(tmp_path), figures=found)
+    assert '<section class="evaluation" id="evaluation"><h2>Evaluation</h2>' in page
+    assert "ROC &lt;script&gt;alert(1)&lt;/script&gt;" in page and "<script>" not in page
+    # embedded as it is: the PNG's own bytes, no link to a file
+    uri = "data:image/png;base64," + base64.b64encode(roc.read_bytes()).decode("ascii")
+    assert uri in page
+    assert evaluation_figures(tmp_path / "nothing") == []
+    assert "Evaluation</h2>" not in render_report_html([])

@@ -87,4 +87,6 @@ def crossval_command(
         value = "n/a" if m["value"] is None else f"{m['value']:.3f}"
         console.print(f"pooled balanced accuracy over {pooled['n']} {name}: {value}{ci}")
     console.print(f"metrics in [bold]{result.out / 'metrics.json'}[/bold]")
+    for figure in result.metrics.get("figures", []):
+        console.print(f"figure in [bold]{result.out / figure['file']}[/bold]")
     raise typer.Exit(ITEMS_FAILED if result.n_failed else 0)

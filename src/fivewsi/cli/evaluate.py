@@ -54,7 +54,8 @@ def evaluate_command(
 ) -> None:
     """Score a trained run on the held-out slides: metrics with 95% bootstrap CIs.
 
-    Writes OUT/metrics.json and OUT/predictions.csv. The prediction is the most probable
+    Writes OUT/metrics.json, OUT/predictions.csv and figures (roc.png, confusion.png,
+    reliability.png). The prediction is the most probable
     class; nothing is tuned on the evaluated slides.
     """
     from fivewsi.utils.logs import console
@@ -69,6 +70,9 @@ def evaluate_command(
     )
     console.print(metrics_table(result))
     console.print(f"metrics in [bold]{out / 'metrics.json'}[/bold]")
+    figures = [f["file"] for f in result.info.get("figures", [])]
+    if figures:
+        console.print(f"figures in {out}: {', '.join(figures)}")
     raise typer.Exit(ITEMS_FAILED if result.failed else 0)
 
 

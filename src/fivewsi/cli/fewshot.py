@@ -112,6 +112,8 @@ def fewshot_command(
     write_config_file(grid.out / "config.yaml", grid.model_dump(mode="json"))
     console.print(fewshot_table(result))
     console.print(f"tables in [bold]{result.markdown}[/bold] and {result.csv}")
+    if result.figure is not None:
+        console.print(f"figure in [bold]{result.figure}[/bold]")
     raise typer.Exit(ITEMS_FAILED if result.failed else 0)
 
 

@@ -58,6 +58,12 @@ def predict_command(
         typer.Option("--html/--no-html",
                      help=o.with_default("Write OUT/report.html.", PredictConfig, "html")),
     ] = None,
+    evaluation: Annotated[
+        Path | None,
+        typer.Option(help="An `evaluate` output folder whose figures (ROC, confusion, "
+                     "reliability) report.html shows; default RUN/evaluation/test when it "
+                     "evaluated this run."),
+    ] = None,
     progress: o.Progress = None,
     config: o.ConfigFile = None,
     verbose: o.Verbose = 0,
@@ -76,6 +82,7 @@ def predict_command(
     settings = merge_settings(read_config_file(config), o.given(
         run=run, inputs=inputs, out=out, classes=classes, slide_mpp=slide_mpp, workers=workers,
         device=device, heatmaps=heatmaps, geojson=geojson, html=html, progress=progress,
+        evaluation=evaluation,
     ))
     predict_config = PredictConfig(**settings)
     result = predict(predict_config)

@@ -6,6 +6,8 @@
   ``metrics.json`` and ``predictions.csv``.
 - :mod:`fivewsi.evaluation.fewshot` — :func:`run_fewshot`: models × k shots × seeds, resumable,
   tables of mean ± sd.
+- :mod:`fivewsi.evaluation.figures` — the PNG figures (ROC, confusion, reliability, metric
+  against k, cross-validation folds) in one fixed matplotlib style.
 
 Example:
     >>> from fivewsi.evaluation import classification_metrics

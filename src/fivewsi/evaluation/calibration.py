@@ -23,7 +23,6 @@ Example:
 
 from __future__ import annotations
 
-import io
 import os
 from pathlib import Path
 
@@ -126,57 +125,10 @@ def write_reliability_diagram(
     title: str = "",
     n_bins: int = N_BINS,
 ) -> Path:
-    """Draw the reliability diagram as a PNG at ``path`` (atomically).
+    """Draw the reliability diagram as a PNG at ``path`` (atomically): accuracy per confidence
+    bin as bars (the bin's slide count above each bar), each bin's mean confidence as a dot,
+    the diagonal of perfect calibration, and the ECE in the title. Drawn with matplotlib in
+    the figures' fixed style (:func:`fivewsi.evaluation.figures.reliability_figure`)."""
+    from fivewsi.evaluation.figures import reliability_figure
 
-    Accuracy per confidence bin as bars (the bin's slide count above each bar), each bin's mean
-    confidence as a dot, the diagonal of perfect calibration, and the ECE in the title. Drawn
-    with Pillow (a dependency already), so no plotting library is needed.
-    """
-    from PIL import Image, ImageDraw, ImageFont
-
-    from fivewsi.utils.atomic import atomic_path
-
-    y = np.asarray(y)
-    ece = expected_calibration_error(y, probs, n_bins)
-    rows = reliability_table(y, probs, n_bins)
-    width, height, left, right, top, bottom = 640, 560, 70, 20, 60, 60
-    image = Image.new("RGB", (width, height), "white")
-    draw = ImageDraw.Draw(image)
-    font = ImageFont.load_default()
-    plot_w, plot_h = width - left - right, height - top - bottom
-
-    def at(x: float, v: float) -> tuple[float, float]:
-        return left + x * plot_w, top + (1.0 - v) * plot_h
-
-    for tick in np.linspace(0, 1, 6):
-        x0, y0 = at(tick, 0)
-        draw.line([at(0, tick), at(1, tick)], fill=(225, 225, 225))
-        draw.text((x0 - 8, y0 + 6), f"{tick:.1f}", fill="black", font=font)
-        draw.text((left - 30, at(0, tick)[1] - 6), f"{tick:.1f}", fill="black", font=font)
-    for row in rows:
-        if not row["n"]:
-            continue
-        x_low, y_bar = at(row["low"], row["accuracy"])
-        x_high, y_base = at(row["high"], 0)
-        draw.rectangle([x_low + 1, y_bar, x_high - 1, y_base], fill=(90, 130, 200),
-                       outline=(40, 70, 140))
-        label = str(row["n"])
-        draw.text(((x_low + x_high) / 2 - 3 * len(label), y_bar - 14), label, fill="black",
-                  font=font)
-        cx, cy = at(row["confidence"], row["confidence"])
-        draw.ellipse([cx - 3, cy - 3, cx + 3, cy + 3], fill=(200, 60, 60))
-    draw.line([at(0, 0), at(1, 1)], fill=(120, 120, 120), width=2)
-    draw.rectangle([left, top, left + plot_w, top + plot_h], outline="black")
-    heading = f"{title}  ECE {ece:.3f} ({len(y)} slides, {n_bins} bins)".strip()
-    draw.text((left, 15), heading, fill="black", font=font)
-    draw.text((left, 32), "bars: accuracy per bin (slide count above); red dot: mean confidence;"
-              " grey: perfect calibration", fill=(80, 80, 80), font=font)
-    draw.text((left + plot_w / 2 - 80, height - 30), "confidence (top-label probability)",
-              fill="black", font=font)
-    draw.text((8, top - 18), "accuracy", fill="black", font=font)
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(buffer.getvalue())
-    return path
+    return reliability_figure(path, y, probs, title=title, n_bins=n_bins)

@@ -12,7 +12,10 @@ Files in ``out``: ``folds.csv`` (``slide_id, patient_id, fold``), ``folds/fold<f
 ``folds/fold<f>/run/`` (a run folder), ``folds/fold<f>/eval/`` (``metrics.json``,
 ``predictions.csv`` and, with patients, ``patient_predictions.csv``) and ``metrics.json``: per
 fold metrics, their mean and sd over folds, and pooled metrics over every held-out prediction
-with bootstrap intervals (a ``patient`` block too when the cohort has ``patient_id``).
+with bootstrap intervals (a ``patient`` block too when the cohort has ``patient_id``), and
+``crossval.png`` (balanced accuracy and AUC of each fold, their mean ± 95 % Student-t interval
+over folds, the pooled value with its bootstrap interval; listed in ``metrics.json``'s
+``figures``). Each fold's ``eval/`` holds its evaluation's figures too.
 
 Resumable: a fold whose run finished and whose evaluation is written is reused; an unfinished
 run resumes. A folder holding folds of another cohort or seed is refused.
@@ -48,6 +51,8 @@ log = logging.getLogger(__name__)
 
 #: The fold assignment file in the output folder.
 FOLDS_FILE = "folds.csv"
+#: The figure of the folds (balanced accuracy and AUC), beside ``metrics.json``.
+FIGURE_FILE = "crossval.png"
 
 
 class CrossvalError(EvaluationStageError, ValueError):
@@ -251,8 +256,19 @@ def run_crossval(config: CrossvalConfig) -> CrossvalResult:
     }
     if by_patient:
         metrics["fold_summary_patient"] = _summary(per_fold, "patient")
+    metrics["figures"] = _write_figure(config.out / FIGURE_FILE, metrics)
     write_json_atomic(config.out / "metrics.json", metrics)
     return CrossvalResult(config.out, folds, metrics, n_failed, time.perf_counter() - started)
+
+
+def _write_figure(path: Path, metrics: dict[str, Any]) -> list[dict[str, str]]:
+    """``crossval.png`` (:func:`fivewsi.evaluation.figures.crossval_figure`); its entry of
+    ``metrics.json``'s ``figures``."""
+    from fivewsi.evaluation.figures import crossval_figure
+
+    crossval_figure(path, metrics)
+    return [{"file": path.name, "title": "balanced accuracy and AUC per fold, their mean ± 95 % "
+             "t-interval over folds, and pooled with its bootstrap interval"}]
 
 
 def _summary(per_fold: list[dict[str, Any]], block: str) -> dict[str, Any]:

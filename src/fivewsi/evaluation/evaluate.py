@@ -8,14 +8,19 @@ slide without a label is skipped and counted.
 
 Files written to ``out`` (atomically): ``metrics.json`` (the run, split, classes and where they
 came from, counts, metrics with calibration metrics, the temperature applied),
-``predictions.csv`` (``slide_id, label, predicted, p_<class>..., error``) and
-``reliability.png`` (the reliability diagram: accuracy against confidence per bin).
+``predictions.csv`` (``slide_id, label, predicted, p_<class>..., error``) and the figures
+(:mod:`fivewsi.evaluation.figures`, listed in ``metrics.json``'s ``figures``): ``roc.png``
+(ROC curves, one-vs-rest per class; binary: one curve), ``confusion.png`` (counts and
+row-normalised) and ``reliability.png`` (accuracy against confidence per bin, ECE). Failed
+slides are left out of the figures as they are of the metrics.
 
 Patients: when the cohort has a ``patient_id`` column, ``metrics.json`` also holds a
 ``patient`` block (the same metrics over patients, a patient's probabilities being the mean of
 its predicted slides', the bootstrap resampling patients) and ``patient_predictions.csv``
 (``patient_id, label, predicted, n_slides, p_<class>...``) is written beside
-``predictions.csv``. A slide without a patient counts as a patient of its own (its slide id).
+``predictions.csv``, with the patients' figures ``patient_roc.png``, ``patient_confusion.png``
+and ``patient_reliability.png``. A slide without a patient counts as a patient of its own
+(its slide id).
 
 Example:
     >>> result = evaluate_run("runs/abmil", "features", "cohort.csv", out="runs/abmil/eval")
@@ -55,6 +60,14 @@ log = logging.getLogger(__name__)
 
 #: The reliability diagram written beside ``metrics.json``.
 RELIABILITY_FILE = "reliability.png"
+#: The figures written beside ``metrics.json`` (patients: the same names, ``patient_`` first).
+FIGURE_FILES = {"roc": "roc.png", "confusion": "confusion.png", "reliability": RELIABILITY_FILE}
+#: What each figure shows (``metrics.json``'s ``figures`` titles).
+FIGURE_TITLES = {
+    "roc": "ROC curves (one-vs-rest)",
+    "confusion": "confusion matrix (counts and row-normalised)",
+    "reliability": "reliability diagram",
+}
 
 
 class EvaluationError(EvaluationStageError, ValueError):
@@ -271,8 +284,9 @@ def evaluate_run(
 
 
 def write_evaluation(result: EvaluationResult, out: str | os.PathLike[str]) -> Path:
-    """Write ``predictions.csv``, ``reliability.png`` and ``metrics.json`` of ``result`` into
-    ``out`` atomically.
+    """Write ``predictions.csv``, the figures (``roc.png``, ``confusion.png``,
+    ``reliability.png``, and ``patient_*.png`` with patients) and ``metrics.json`` of
+    ``result`` into ``out`` atomically.
 
     ``metrics.json`` is written last, so a folder holding it is complete.
     """
@@ -291,7 +305,7 @@ def write_evaluation(result: EvaluationResult, out: str | os.PathLike[str]) -> P
         text = csv_row([s.slide_id, s.label, s.predicted or ""])
         writer.writerow([*text, *probs, csv_cell(s.error or "")])
     write_text_atomic(out / "predictions.csv", buffer.getvalue())
-    _write_reliability(result, out)
+    result.info["figures"] = _write_figures(result, out)
     _write_patients(result, out)
     write_json_atomic(out / "metrics.json", result.info)
     return out
@@ -313,20 +327,56 @@ def _calibration_info(classifier: SlideClassifier) -> dict[str, Any]:
     }
 
 
-def _write_reliability(result: EvaluationResult, out: Path) -> None:
-    """``reliability.png``: the reliability diagram of the predicted slides."""
-    from fivewsi.evaluation.calibration import is_probabilities, write_reliability_diagram
+def _write_figures(result: EvaluationResult, out: Path) -> list[dict[str, str]]:
+    """The figures of the predicted slides (and of the patients, when there are patients):
+    ROC, confusion matrix, reliability diagram (:mod:`fivewsi.evaluation.figures`). A figure
+    that cannot be drawn (one class only: no ROC; scores rather than probabilities: no
+    reliability diagram) is not written and an old one of that name is removed. Returns
+    ``metrics.json``'s ``figures``: ``{"file", "title"}`` per file written."""
     from fivewsi.evaluation.metrics import encode_labels
 
     done = [s for s in result.slides if s.error is None and s.probabilities is not None]
-    if not done:
-        return
-    probs = np.stack([s.probabilities for s in done])
-    if not is_probabilities(probs):
-        return
-    y = encode_labels([s.label for s in done], result.classes)
     title = f"{result.run.name} on {_split_words(result.split)}"
-    write_reliability_diagram(out / RELIABILITY_FILE, y, probs, title=title)
+    written = []
+    levels = [("", "slides", [s.label for s in done],
+               [s.probabilities for s in done], result.metrics["confusion_matrix"])]
+    if result.patients:
+        levels.append(("patient_", "patients", [p.label for p in result.patients],
+                       [p.probabilities for p in result.patients],
+                       result.info["patient"]["confusion_matrix"]))
+    else:
+        for name in FIGURE_FILES.values():
+            (out / f"patient_{name}").unlink(missing_ok=True)
+    for prefix, unit, labels, rows, matrix in levels:
+        probs = np.stack(rows)
+        y = encode_labels(labels, result.classes)
+        for kind, draw in _figure_drawers(y, probs, result.classes, matrix, unit).items():
+            path = out / f"{prefix}{FIGURE_FILES[kind]}"
+            if draw is None:
+                path.unlink(missing_ok=True)
+                continue
+            draw(path, f"{title} ({unit})" if prefix else title)
+            written.append({"file": path.name, "title": f"{FIGURE_TITLES[kind]}, {unit}"})
+    return written
+
+
+def _figure_drawers(
+    y: np.ndarray, probs: np.ndarray, classes: list[str], matrix: list[list[int]], unit: str
+) -> dict[str, Any]:
+    """Each figure's drawing function ``(path, title)``, None where it cannot be drawn."""
+    from fivewsi.evaluation import figures
+    from fivewsi.evaluation.calibration import is_probabilities
+
+    return {
+        "roc": (lambda path, title: figures.roc_figure(path, y, probs, classes, title=title,
+                                                        unit=unit))
+        if len(set(y.tolist())) >= 2 else None,
+        "confusion": lambda path, title: figures.confusion_figure(path, matrix, classes,
+                                                                  title=title, unit=unit),
+        "reliability": (lambda path, title: figures.reliability_figure(path, y, probs,
+                                                                       title=title, unit=unit))
+        if is_probabilities(probs) else None,
+    }
 
 
 #: Patient-level predictions, beside ``predictions.csv`` (cohorts with ``patient_id``).

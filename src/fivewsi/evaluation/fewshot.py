@@ -21,8 +21,10 @@ Results: ``OUT/fewshot.csv`` (long format: model, k, k_used, metric, mean, sd, n
 values), ``OUT/fewshot.md`` (a table per metric, rows models, columns k, best mean per column
 in bold; then, for balanced accuracy and AUC, each model's paired difference from the best
 label-only baseline at each k with a 95 % interval, see :func:`paired_differences`),
-``OUT/fewshot_paired.csv`` (those differences, long format) and ``OUT/cells.csv`` (one line per
-cell with its metrics, status and timings).
+``OUT/fewshot_paired.csv`` (those differences, long format), ``OUT/cells.csv`` (one line per
+cell with its metrics, status and timings) and ``OUT/fewshot.png`` (balanced accuracy and AUC
+against k for every model, mean ± 95 % Student-t interval over seeds, zero-shot as a horizontal
+line; linked from ``fewshot.md``).
 
 Example:
     >>> config = FewshotConfig(features="feats", cohort="cohort.csv", classes="classes.csv",
@@ -67,6 +69,8 @@ log = logging.getLogger(__name__)
 
 #: The row of FiVE fine-tuned from a report-pretrained run.
 PRETRAINED_ROW = "five+reports"
+#: The figure of the grid (balanced accuracy and AUC against k), linked from ``fewshot.md``.
+FIGURE_FILE = "fewshot.png"
 #: The headline metric of the tables.
 HEADLINE = "balanced_accuracy"
 #: Epochs of every model when not set: few-shot training sets are tiny, so an epoch is a few
@@ -337,6 +341,7 @@ class FewshotResult:
     csv: Path
     markdown: Path
     seconds: float
+    figure: Path | None = None  # fewshot.png (None when no cell had a value to draw)
 
     @property
     def failed(self) -> list[FewshotCell]:
@@ -405,7 +410,9 @@ def run_fewshot(config: FewshotConfig) -> FewshotResult:
     csv_path, md_path = config.out / "fewshot.csv", config.out / "fewshot.md"
     write_text_atomic(csv_path, table_csv(table))
     write_text_atomic(config.out / "fewshot_paired.csv", paired_csv(paired_differences(table)))
-    write_text_atomic(md_path, table_markdown(table, n_seeds=len(config.seeds)))
+    figure = _write_figure(config.out / FIGURE_FILE, table)
+    write_text_atomic(md_path, table_markdown(
+        table, n_seeds=len(config.seeds), figure=figure.name if figure else None))
     result = FewshotResult(
         out=config.out,
         models=[*models, *dict.fromkeys(c.model for c in others)],
@@ -415,6 +422,7 @@ def run_fewshot(config: FewshotConfig) -> FewshotResult:
         csv=csv_path,
         markdown=md_path,
         seconds=time.perf_counter() - start,
+        figure=figure,
     )
     _log_summary(result)
     return result
@@ -779,10 +787,12 @@ def table_markdown(
     *,
     n_seeds: int | None = None,
     baselines: Sequence[str] | None = None,
+    figure: str | None = None,
 ) -> str:
     """One markdown table per metric: rows models, columns k, ``mean ± sd`` in %, best bold;
     then the paired differences from the best label-only baseline (:func:`paired_markdown`;
-    ``baselines`` as in :func:`paired_differences`), when the table has a baseline.
+    ``baselines`` as in :func:`paired_differences`), when the table has a baseline. ``figure``:
+    a relative link to the figure of the table (``fewshot.png``), shown below the introduction.
 
     Example:
         >>> rows = [TableRow("a", 1, "auc", 0.7, 0.1, 2, [0.6, 0.8]),
@@ -800,6 +810,9 @@ def table_markdown(
         "(k = 0: zero-shot from the report-pretrained run). Prediction = most probable class, "
         "nothing tuned on the test split. Best mean per column in bold.",
     ]
+    if figure:
+        lines += ["", f"![Balanced accuracy and AUC against k, mean ± 95 % t-interval over "
+                      f"seeds; zero-shot as a dashed line]({figure})"]
     for metric in sorted({r.metric for r in table}, key=_metric_order):
         by_cell, best = metric_cells(table, metric)
         title = f"{metric} (headline)" if metric == HEADLINE else metric
@@ -847,6 +860,17 @@ def _metric_order(metric: str) -> int:
 
 def _num(value: float | None) -> str:
     return "" if value is None else f"{value:.6g}"
+
+
+def _write_figure(path: Path, table: Sequence[TableRow]) -> Path | None:
+    """``fewshot.png`` (:func:`fivewsi.evaluation.figures.shots_figure`); None, and an old
+    figure removed, when no cell has a balanced accuracy or AUC to draw."""
+    from fivewsi.evaluation.figures import FIGURE_METRICS, shots_figure
+
+    if not any(r.metric in FIGURE_METRICS and r.mean is not None for r in table):
+        path.unlink(missing_ok=True)
+        return None
+    return shots_figure(path, table)
 
 
 def _write_cells(path: Path, cells: Sequence[FewshotCell]) -> None:

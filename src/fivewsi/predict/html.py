@@ -38,6 +38,10 @@ log = logging.getLogger(__name__)
 THUMBNAIL_MAX_SIDE = 384
 #: Longer side, in pixels, of heatmaps embedded in the page.
 HEATMAP_MAX_SIDE = 256
+#: Longer side, in pixels, up to which evaluation figures are embedded unchanged (PNG).
+FIGURE_MAX_SIDE = 1200
+#: The list of figures in an evaluation's ``metrics.json``.
+FIGURES_KEY = "figures"
 #: JPEG quality of embedded images.
 JPEG_QUALITY = 85
 #: Background of the summary table's header; the headless-browser test looks for this colour.
@@ -135,6 +139,7 @@ def write_report_html(
     heatmap_normalize: str = "rank",
     thumbnail_max_side: int = THUMBNAIL_MAX_SIDE,
     heatmap_max_side: int = HEATMAP_MAX_SIDE,
+    figures: Sequence[SlideImage] = (),
 ) -> Path:
     """Write the report page atomically; return its path. Arguments as :func:`render_report_html`.
 
@@ -153,6 +158,7 @@ def write_report_html(
         heatmap_normalize=heatmap_normalize,
         thumbnail_max_side=thumbnail_max_side,
         heatmap_max_side=heatmap_max_side,
+        figures=figures,
     )
     write_text_atomic(path, page)
     log.debug("report %s: %d slides, %.1f MB", path, len(slides), len(page) / 1e6)
@@ -169,6 +175,7 @@ def render_report_html(
     heatmap_normalize: str = "rank",
     thumbnail_max_side: int = THUMBNAIL_MAX_SIDE,
     heatmap_max_side: int = HEATMAP_MAX_SIDE,
+    figures: Sequence[SlideImage] = (),
 ) -> str:
     """The report page as a string.
 
@@ -183,6 +190,9 @@ def render_report_html(
         heatmap_normalize: how the heatmaps were normalised, for the legend's note.
         thumbnail_max_side: longer side of embedded thumbnails.
         heatmap_max_side: longer side of embedded heatmaps.
+        figures: the run's evaluation figures (:func:`evaluation_figures`), shown below the
+            summary in an "Evaluation" section; embedded as they are up to
+            :data:`FIGURE_MAX_SIDE` pixels.
 
     Example:
         >>> page = render_report_html([SlideReport("a&b", predicted="<LUAD>")])
@@ -201,6 +211,7 @@ def render_report_html(
         "<body>",
         f"<h1>{_e(title)}</h1>",
         _summary_table(slides, summary or {}, run_info or {}),
+        _evaluation_section(figures),
         _slide_index(slides),
         _legend(colormap, heatmap_normalize),
     ]
@@ -254,8 +265,55 @@ def image_data_uri(image: ImageSource, max_side: int) -> str:
     return f"data:image/jpeg;base64,{base64.b64encode(encoded.tobytes()).decode('ascii')}"
 
 
+def evaluation_figures(folder: str | os.PathLike[str]) -> list[SlideImage]:
+    r"""The figures an evaluation folder lists in its ``metrics.json`` (``figures``: ``{"file",
+    "title"}`` each), as images for :func:`render_report_html`.
+
+    Only plain PNG file names directly in ``folder`` are taken (no ``/``, no ``..``, no link
+    out of the folder); a folder without ``metrics.json`` or figures gives an empty list.
+
+    Example:
+        >>> import json, tempfile, pathlib
+        >>> folder = pathlib.Path(tempfile.mkdtemp())
+        >>> _ = (folder / "roc.png").write_bytes(b"\x89PNG\r\n\x1a\n")
+        >>> _ = (folder / "metrics.json").write_text(json.dumps({"figures": [
+        ...     {"file": "roc.png", "title": "ROC"}, {"file": "../x.png", "title": "out"}]}))
+        >>> [f.title for f in evaluation_figures(folder)]
+        ['ROC']
+    """
+    folder = Path(folder)
+    try:
+        info = json.loads((folder / "metrics.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return []
+    listed = info.get(FIGURES_KEY) if isinstance(info, dict) else None
+    if not isinstance(listed, list):
+        return []
+    root = folder.resolve()
+    found = []
+    for entry in listed:
+        if not isinstance(entry, dict) or not isinstance(entry.get("file"), str):
+            continue
+        name = entry["file"]
+        path = folder / name
+        if (Path(name).name != name or name in (".", "..") or not name.endswith(".png")
+                or not path.is_file() or path.resolve().parent != root):
+            log.warning("report: evaluation figure %r of %s skipped", name, folder)
+            continue
+        found.append(SlideImage(str(entry.get("title") or name), path))
+    return found
+
+
 # ----------------------------------------------------------------------------------------------
 # Page parts
+
+
+def _evaluation_section(figures: Sequence[SlideImage]) -> str:
+    if not figures:
+        return ""
+    items = "".join(_figure(f, FIGURE_MAX_SIDE, "evaluation") for f in figures)
+    return (f'<section class="evaluation" id="evaluation"><h2>Evaluation</h2>'
+            f'<div class="gallery">{items}</div></section>')
 
 
 def _summary_table(
@@ -513,6 +571,9 @@ p.error {{ color: #b00020; font-weight: 600; white-space: pre-wrap; }}
 .info {{ flex: 1 1 360px; min-width: 0; }}
 figure {{ margin: 0; }}
 figure img {{ display: block; max-width: 100%; height: auto; border: 1px solid #ddd; }}
+section.evaluation {{ background: #fff; border: 1px solid #d0d0d7; border-radius: 6px;
+  padding: 12px 16px; margin: 0 0 16px; }}
+figure.evaluation figcaption {{ max-width: none; }}
 figcaption {{ font-size: 12px; color: #444; margin-top: 2px; max-width: 256px; }}
 .placeholder {{ width: 200px; height: 120px; display: flex; align-items: center;
   justify-content: center; background: #eee; color: #666; font-size: 12px; padding: 4px; }}

@@ -73,6 +73,9 @@ class PredictConfig(BaseModel):
     geojson: bool = True
     html: bool = True
     progress: bool = True
+    evaluation: Path | None = Field(
+        None, description="an `evaluate` output folder whose figures report.html shows "
+        "(default: RUN/evaluation/test when it evaluated this run with these classes)")
 
 
 @dataclass
@@ -122,6 +125,9 @@ def predict(config: PredictConfig) -> PredictResult:
     out = Path(config.out)
     timings: dict[str, float] = {}
     classifier = load_model(config.run, classes=config.classes, device=config.device)
+    if config.evaluation is not None and not (config.evaluation / "metrics.json").is_file():
+        raise PredictInputError(f"--evaluation {config.evaluation}: no metrics.json (not an "
+                                "`fivewsi evaluate` output folder)")
     slides, features = _split_inputs(config.inputs, out)
     check_output_folder(out)
     tick = time.perf_counter()
@@ -433,7 +439,33 @@ def _write_page(
         "model": classifier.model_name,
         **{k: v for k, v in classifier.preprocess_settings().items() if v is not None},
     }
-    write_report_html(out / "report.html", reports, summary=summary, run_info=run_info)
+    figures = _evaluation_figures(config, classifier)
+    write_report_html(out / "report.html", reports, summary=summary, run_info=run_info,
+                      figures=figures)
+
+
+def _evaluation_figures(config: PredictConfig, classifier: SlideClassifier) -> list[Any]:
+    """The figures of ``config.evaluation``, else of the run's own test evaluation
+    (``RUN/evaluation/test``) when that evaluated this run with the classes predicted now."""
+    import json
+
+    from fivewsi.predict.html import evaluation_figures
+    from fivewsi.runs.record import EVALUATION
+
+    if config.evaluation is not None:
+        return evaluation_figures(config.evaluation)
+    folder = Path(config.run) / EVALUATION / "test"
+    try:
+        info = json.loads((folder / "metrics.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return []
+    same = (isinstance(info, dict) and info.get("run") == str(Path(config.run).resolve())
+            and info.get("classes") == list(classifier.classes))
+    if not same:
+        log.info("report: %s is not an evaluation of this run with these classes; its figures "
+                 "are not shown", folder)
+        return []
+    return evaluation_figures(folder)
 
 
 def _slide_report(outcome: SlideOutcome, classifier: SlideClassifier, out: Path) -> SlideReport:

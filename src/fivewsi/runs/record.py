@@ -45,7 +45,11 @@ LOGS = "logs"
 #: Where ``fivewsi evaluate`` writes by default (``RUN/evaluation/SPLIT``).
 EVALUATION = "evaluation"
 #: What an evaluation writes; the few-shot grid writes them at the top of each cell's run.
-EVALUATION_FILES = ("metrics.json", "predictions.csv", "reliability.png")
+EVALUATION_FILES = (
+    "metrics.json", "predictions.csv", "patient_predictions.csv",
+    *(f"{level}{name}.png" for level in ("", "patient_")
+      for name in ("roc", "confusion", "reliability")),
+)
 
 #: Version of the ``run.json`` layout this code writes; older layouts are converted on reading.
 RUN_FORMAT = 2
