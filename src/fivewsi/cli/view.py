@@ -41,8 +41,8 @@ def view_command(
 ) -> None:
     """Browse slides, predictions and per-question heatmap layers in a local web page."""
     from fivewsi.utils.logs import console
-    from fivewsi.view.server import assets_missing, create_app, is_loopback
     from fivewsi.view.serve import Server
+    from fivewsi.view.server import assets_missing, create_app, is_loopback
 
     o.setup_logging(verbose, quiet)
     if assets_missing():

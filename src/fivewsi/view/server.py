@@ -24,8 +24,9 @@ Example:
     >>> from starlette.testclient import TestClient
     >>> import tempfile, pathlib
     >>> d = pathlib.Path(tempfile.mkdtemp())
-    >>> _ = (d / "predictions.csv").write_text("slide_id,status,error,predicted,p_A\\ns1,ok,,A,1\\n")
-    >>> client = TestClient(create_app(d))
+    >>> _ = (d / "predictions.csv").write_text(
+    ...     "slide_id,status,error,predicted,p_A\\ns1,ok,,A,1\\n")
+    >>> client = TestClient(create_app(d), base_url="http://127.0.0.1")
     >>> client.get("/api/slides").json()["slides"][0]["slide_id"]
     's1'
     >>> client.post("/api/slides").status_code
@@ -51,12 +52,19 @@ import numpy as np
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, Response
+from starlette.responses import FileResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from fivewsi.view.catalog import Catalog, SlideEntry, load_catalog
-from fivewsi.view.tiles import LayerGeometry, LRUCache, PatchGrid, SlideTiles, \
-    encode_png_rgba, render_layer_tile, score_colours
+from fivewsi.view.tiles import (
+    LayerGeometry,
+    LRUCache,
+    PatchGrid,
+    SlideTiles,
+    encode_png_rgba,
+    render_layer_tile,
+    score_colours,
+)
 
 log = logging.getLogger(__name__)
 
@@ -449,7 +457,6 @@ def _links(catalog: Catalog, names: list[str]) -> dict[str, str]:
 
 def _stops() -> list[str]:
     from fivewsi.predict.heatmaps import colormap_stops
-
     from fivewsi.view.tiles import COLORMAP
 
     return colormap_stops(COLORMAP, 9)

@@ -136,12 +136,15 @@ class LayerGeometry:
 
 
 class PatchGrid:
-    """Patches on their common grid: which patch (if any) covers any level-0 point.
+    """Patches on their common grid: which patch (if any) covers each pixel of a layer tile.
 
     Example:
-        >>> grid = PatchGrid(np.array([[100, 100], [356, 100]]), 256)
-        >>> grid.patch_at(np.array([110.0, 400.0, 700.0]), np.array([110.0, 110.0, 110.0]))
-        array([ 0,  1, -1])
+        >>> grid = PatchGrid(np.array([[0, 0], [256, 0]]), 256)
+        >>> geometry = LayerGeometry(768, 256)  # level 9: half size, two 256 px tiles wide
+        >>> grid.tile_index(geometry, 9, 0, 0)[0, ::64].tolist()
+        [0, 0, 1, 1]
+        >>> grid.tile_index(geometry, 9, 1, 0)[0, ::64].tolist()
+        [-1, -1]
     """
 
     def __init__(self, coords: np.ndarray, size: int) -> None:
@@ -157,15 +160,6 @@ class PatchGrid:
         cols, rows = cells.max(axis=0) + 1
         self.table = np.full((rows, cols), -1, np.int32)
         self.table[cells[:, 1], cells[:, 0]] = np.arange(self.n, dtype=np.int32)
-
-    def patch_at(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
-        """Index of the patch under each level-0 point ``(x[i], y[i])``, -1 where none."""
-        col = np.floor((np.asarray(x) - self.origin[0]) / self.size).astype(np.int64)
-        row = np.floor((np.asarray(y) - self.origin[1]) / self.size).astype(np.int64)
-        rows, cols = self.table.shape
-        ok = (col >= 0) & (col < cols) & (row >= 0) & (row < rows)
-        index = self.table[np.clip(row, 0, rows - 1), np.clip(col, 0, cols - 1)]
-        return np.where(ok, index, -1)
 
     def tile_index(self, geometry: LayerGeometry, level: int, col: int, row: int) -> np.ndarray:
         """``(h, w)`` patch index under each pixel centre of a layer tile (-1 where none)."""
