@@ -144,9 +144,11 @@ def test_layer_tiles_follow_the_patch_scores(client: TestClient) -> None:
         covered[y : y + size // 8, x : x + size // 8] = True
     assert not images["0"][~covered][:, 3].any()  # transparent where no patch lies
     assert not np.array_equal(images["0"], images[question["id"]])  # two maps, two pictures
+    # the tissue outline is fivewsi's tissue detection on the slide, the grid the patches'
     outline, grid = images["outline"][:, :, 3] > 0, images["grid"][:, :, 3] > 0
-    assert outline.any() and not (outline & ~covered).any()
-    assert grid.sum() > outline.sum() // 2 and not (grid & ~covered).any()
+    assert outline.any() and (outline & covered).any()
+    assert grid.any() and not (grid & ~covered).any()
+    assert images["outline"][outline][:, :3].tolist() == [[0, 200, 80]] * int(outline.sum())
     assert client.get(f"/layers/s0/{len(info['layers'])}.dzi").status_code == 404
     assert client.get("/layers/s0/x.dzi").status_code == 404
     assert client.get(f"/layers/s0/0_files/{level}/1_0.png").status_code == 404
@@ -157,6 +159,18 @@ def test_feature_file_slide_is_a_patch_canvas(client: TestClient) -> None:
     assert not info["image"] and info["dzi"] == "/layers/s1/canvas.dzi"
     assert client.get("/dzi/s1.dzi").status_code == 404
     assert client.get("/layers/s1/canvas_files/0/0_0.png").status_code == 200
+    # without the image, the outline is the patches': inside the area they cover
+    import cv2
+    import numpy as np
+
+    def tile(layer: str) -> np.ndarray:
+        data = client.get(f"/layers/s1/{layer}_files/8/0_0.png").content
+        return cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+
+    canvas, outline = tile("canvas"), tile("outline")
+    covered = (canvas[:, :, :3] == 225).all(axis=2)  # CANVAS_RGBA where a patch lies
+    assert covered.any() and (outline[:, :, 3] > 0).any()
+    assert not ((outline[:, :, 3] > 0) & ~covered).any()
     failed = client.get("/api/slides/_b_broken%26amp%3B").json()
     assert failed["status"] == "failed" and failed["dzi"] is None and failed["layers"] == []
 

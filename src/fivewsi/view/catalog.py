@@ -171,7 +171,10 @@ def load_catalog(root: str | os.PathLike[str]) -> Catalog:
             continue
         key = safe_file_name(slide_id)
         if key in slides:
-            raise ViewInputError(f"{table} names slide {slide_id!r} twice")
+            other = slides[key].slide_id
+            raise ViewInputError(
+                f"{table}: slides {other!r} and {slide_id!r} share the key {key!r} (or one "
+                "slide is listed twice); the viewer needs one row per slide")
         error = csv_value(row.get("error") or "")
         entry = SlideEntry(
             key=key,

@@ -62,6 +62,8 @@ from fivewsi.view.tiles import (
     PatchGrid,
     SlideTiles,
     encode_png_rgba,
+    mask_tile,
+    outline_tile,
     render_layer_tile,
     score_colours,
 )
@@ -73,6 +75,8 @@ VENDOR = STATIC / "vendor" / "openseadragon"
 TOKEN_COOKIE = "fivewsi_view_token"
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
 OVERLAYS = ("outline", "grid", "canvas")
+#: Longer side of the thumbnail the tissue outline is detected on.
+TISSUE_SIDE = 2048
 _TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
           ".css": "text/css; charset=utf-8", ".png": "image/png", ".svg": "image/svg+xml",
           ".json": "application/json", ".geojson": "application/geo+json",
@@ -122,6 +126,7 @@ class Viewer:
         self.layer_tiles = LRUCache(4096)
         self._grids = LRUCache(16)
         self._luts = LRUCache(256)
+        self._tissue = LRUCache(8)
         self._sizes: dict[str, tuple[int, int] | None] = {}
         self._lock = threading.Lock()
 
@@ -232,6 +237,11 @@ class Viewer:
         def make() -> bytes:
             geometry, grid = self._layer(entry, layer)
             index = grid.tile_index(geometry, level, col, row)
+            if layer == "outline":
+                tissue = self.tissue(entry)
+                if tissue is not None:
+                    mask = mask_tile(tissue[0], tissue[1], geometry, level, col, row)
+                    return encode_png_rgba(outline_tile(mask))
             if layer in OVERLAYS:
                 return encode_png_rgba(render_layer_tile(index, layer))
             lut = self._luts.get((entry.key, layer), lambda: score_colours(
@@ -239,6 +249,28 @@ class Viewer:
             return encode_png_rgba(render_layer_tile(index, "scores", lut))
 
         return self.layer_tiles.get((entry.key, layer, level, col, row), make)
+
+    def tissue(self, entry: SlideEntry) -> tuple[np.ndarray, float] | None:
+        """The slide's tissue mask (fivewsi's own detection on a thumbnail) and its downsample;
+        None when the slide image is not at hand (the outline is then the patches')."""
+
+        def make() -> tuple[np.ndarray, float] | None:
+            from fivewsi.slides.readers import open_slide
+            from fivewsi.slides.tissue import detect_tissue
+
+            if entry.slide_path is None or self.image_size(entry) is None:
+                return None
+            try:
+                with open_slide(entry.slide_path, mpp=entry.slide_mpp) as reader:
+                    thumbnail, downsample = reader.read_thumbnail(TISSUE_SIDE)
+                    mpp = reader.mpp
+                return detect_tissue(thumbnail, mpp=mpp * downsample if mpp else None), \
+                    downsample
+            except Exception as exc:  # the patches' outline stands in
+                log.warning("%s: tissue not detected: %s", entry.slide_id, exc)
+                return None
+
+        return self._tissue.get(entry.key, make)  # type: ignore[no-any-return]
 
     def _layer(self, entry: SlideEntry, layer: str) -> tuple[LayerGeometry, PatchGrid]:
         patches = self.catalog.patches(entry.key)

@@ -213,16 +213,48 @@ def render_layer_tile(index: np.ndarray, kind: str, lut: np.ndarray | None = Non
         return tile
     padded = np.pad(index, 1, mode="edge")
     if kind == "outline":
-        mask = padded >= 0
-        edge = covered & ~(mask[:-2, 1:-1] & mask[2:, 1:-1] & mask[1:-1, :-2] & mask[1:-1, 2:])
-        tile[edge] = OUTLINE_RGBA
-        return tile
+        return outline_tile(covered)
     if kind == "grid":
         centre = padded[1:-1, 1:-1]
         edge = covered & ((padded[:-2, 1:-1] != centre) | (padded[1:-1, :-2] != centre))
         tile[edge] = GRID_RGBA
         return tile
     raise ValueError(f"unknown layer kind {kind!r}")
+
+
+def outline_tile(mask: np.ndarray) -> np.ndarray:
+    """RGBA tile drawing the edge of ``mask`` (a boolean area sampled at the tile's pixels),
+    2 px wide just inside it, transparent elsewhere.
+
+    Example:
+        >>> m = np.zeros((8, 8), bool); m[2:6, 2:6] = True
+        >>> int((outline_tile(m)[:, :, 3] > 0).sum()) > 0, bool(outline_tile(m)[0, 0, 3])
+        (True, False)
+    """
+    padded = np.pad(mask, 1, mode="edge")
+    edge = mask & ~(padded[:-2, 1:-1] & padded[2:, 1:-1] & padded[1:-1, :-2] & padded[1:-1, 2:])
+    edge = (cv2.dilate(edge.astype(np.uint8), np.ones((3, 3), np.uint8)) > 0) & mask
+    tile = np.zeros((*mask.shape, 4), np.uint8)
+    tile[edge] = OUTLINE_RGBA
+    return tile
+
+
+def mask_tile(mask: np.ndarray, downsample: float, geometry: LayerGeometry, level: int,
+              col: int, row: int) -> np.ndarray:
+    """``mask`` (drawn at ``downsample`` level-0 pixels per pixel) sampled at the pixel centres
+    of a layer tile.
+
+    Example:
+        >>> m = np.zeros((4, 4), bool); m[:, 2:] = True
+        >>> mask_tile(m, 4.0, LayerGeometry(16, 16), 3, 0, 0)[0].tolist()  # 2 px per mask px
+        [False, False, False, False, True, True, True, True]
+    """
+    x0, y0, x1, y1 = geometry.check(level, col, row)
+    scale = geometry.scale(level) / downsample
+    h, w = mask.shape
+    xs = np.clip(((np.arange(x0, x1) + 0.5) * scale).astype(np.int64), 0, w - 1)
+    ys = np.clip(((np.arange(y0, y1) + 0.5) * scale).astype(np.int64), 0, h - 1)
+    return mask[ys][:, xs]
 
 
 def encode_png_rgba(tile: np.ndarray) -> bytes:
@@ -235,22 +267,24 @@ def encode_png_rgba(tile: np.ndarray) -> bytes:
 
 class SlideTiles:
     """Deep-zoom JPEG tiles of the slides named by DIR, with LRU caches of open slides and of
-    encoded tiles (thread-safe: OpenSlide reads from several threads; each open slide's
-    generator is guarded by its own lock)."""
+    encoded tiles (thread-safe: OpenSlide reads from several threads at once)."""
 
     def __init__(self, slides: int = 8, tiles: int = 2048) -> None:
         self._slides = LRUCache(slides, on_evict=lambda item: item[0].close())
         self.tiles = LRUCache(tiles)
 
-    def _open(self, path: Path) -> tuple[Any, Any, threading.Lock]:
-        def make() -> tuple[Any, Any, threading.Lock]:
+    def _open(self, path: Path) -> tuple[Any, Any, threading.Lock | None]:
+        def make() -> tuple[Any, Any, threading.Lock | None]:
             import openslide
             from openslide.deepzoom import DeepZoomGenerator
 
             slide = openslide.open_slide(str(path))
             generator = DeepZoomGenerator(slide, tile_size=SLIDE_TILE, overlap=SLIDE_OVERLAP,
                                           limit_bounds=False)
-            return slide, generator, threading.Lock()
+            # OpenSlide reads from many threads at once; Pillow's fallback (ImageSlide) is
+            # one file object, so its reads take turns.
+            lock = threading.Lock() if isinstance(slide, openslide.ImageSlide) else None
+            return slide, generator, lock
 
         return self._slides.get(str(path), make)
 
@@ -270,8 +304,11 @@ class SlideTiles:
             cols, rows = generator.level_tiles[level]
             if not (0 <= col < cols and 0 <= row < rows):
                 raise KeyError((col, row))
-            with lock:
+            if lock is None:
                 image = generator.get_tile(level, (col, row))
+            else:
+                with lock:
+                    image = generator.get_tile(level, (col, row))
             buffer = io.BytesIO()
             image.convert("RGB").save(buffer, "JPEG", quality=JPEG_QUALITY)
             return buffer.getvalue()

@@ -22,7 +22,7 @@ function columns(data) {
       return a ? `${a.answer}${a.probability === null ? "" : ` (${fmt(a.probability, 2)})`}` : "";
     } });
   }
-  cols.push({ key: "n_patches", title: "patches", numeric: true, value: (s) => s.n_patches });
+  cols.push({ key: "n_patches", title: "patches", numeric: true, digits: 0, value: (s) => s.n_patches });
   cols.push({ key: "error", title: "error", value: (s) => [s.error, s.render_error].filter(Boolean).join("; ") });
   return cols;
 }
@@ -50,7 +50,7 @@ function render() {
     for (const c of state.columns) {
       const value = c.value(s);
       if (c.key === "slide_id") tr.append(el("td", {}, el("a", { href: slideHref(s.key), text: value })));
-      else tr.append(el("td", { class: c.numeric ? "num" : "", text: c.numeric ? fmt(value) : value ?? "" }));
+      else tr.append(el("td", { class: c.numeric ? "num" : "", text: c.numeric ? fmt(value, c.digits ?? 3) : value ?? "" }));
     }
     return tr;
   });

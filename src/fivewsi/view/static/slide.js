@@ -151,7 +151,7 @@ async function main() {
   const first = specs.findIndex((l) => l.kind === "class");
   specs.forEach((spec, i) => box.append(layerRow(spec, i === first, 0.5)));
   for (const [name, dzi] of Object.entries(info.overlays)) {
-    box.append(layerRow({ id: name, name: name === "outline" ? "tissue outline" : "patch grid", dzi }, false, 1));
+    box.append(layerRow({ id: name, name: name === "grid" ? "patch grid" : info.image ? "tissue outline" : "outline of the patches", dzi }, false, 1));
   }
   viewer.addHandler("open", () => { for (const entry of layers.values()) apply(entry); });
   viewer.addHandler("canvas-click", (event) => {
