@@ -63,4 +63,4 @@ wheel-check:
 	PYTHON=$(PYTHON) .ci/check_wheel.sh
 
 clean:
-	rm -rf $(VENV) $(MODELS_VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(MODELS_VENV) .pytest_cache .ruff_cache viewer/node_modules

@@ -13,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from starlette.testclient import TestClient
@@ -114,7 +115,6 @@ def test_api_slide_with_image_and_layers(client: TestClient) -> None:
 
 def test_layer_tiles_follow_the_patch_scores(client: TestClient) -> None:
     import cv2
-    import numpy as np
 
     info = client.get("/api/slides/s0").json()
     patches = client.get("/api/slides/s0/patches").json()
@@ -161,7 +161,6 @@ def test_feature_file_slide_is_a_patch_canvas(client: TestClient) -> None:
     assert client.get("/layers/s1/canvas_files/0/0_0.png").status_code == 200
     # without the image, the outline is the patches': inside the area they cover
     import cv2
-    import numpy as np
 
     def tile(layer: str) -> np.ndarray:
         data = client.get(f"/layers/s1/{layer}_files/8/0_0.png").content
@@ -205,7 +204,13 @@ def test_evaluate_output_is_shown(tmp_path: Path) -> None:
     (tmp_path / "predictions.csv").write_text(
         "slide_id,label,predicted,p_A,p_B,error\nt1,A,B,0.3,0.7,\nt2,B,,,,missing file\n")
     (tmp_path / "metrics.json").write_text("{}")
-    data = TestClient(create_app(tmp_path), base_url="http://localhost").get("/api/slides").json()
+    from fivewsi.predict.heatmaps import save_png
+
+    save_png(tmp_path / "reliability.png", np.zeros((4, 4, 3), np.uint8))
+    client = TestClient(create_app(tmp_path), base_url="http://localhost")
+    data = client.get("/api/slides").json()
+    assert data["figures"] == ["/files/reliability.png"]  # the evaluation's figures
+    assert client.get(data["figures"][0]).content[:4] == b"\x89PNG"
     assert data["kind"] == "evaluate" and data["files"] == {"metrics.json": "/files/metrics.json",
                                                             "predictions.csv":
                                                                 "/files/predictions.csv"}
@@ -357,6 +362,24 @@ def test_cli_serves_and_prints_its_url(out: Path, host: str) -> None:
         process.wait(10)
 
 
+@pytest.mark.skipif(assets_missing(), reason="OpenSeadragon not built: run `make assets`")
+def test_cli_open_launches_the_browser(out: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import webbrowser
+
+    from typer.testing import CliRunner
+
+    from fivewsi.cli import app
+
+    opened: list[str] = []
+    monkeypatch.setattr(webbrowser, "open", opened.append)
+    monkeypatch.setattr(Server, "wait", lambda self: None)  # return at once, then stop
+    done = CliRunner().invoke(app, ["view", str(out), "--port", "0", "--open"],
+                              env={"COLUMNS": "300"})
+    assert done.exit_code == 0, done.output
+    assert len(opened) == 1 and opened[0].startswith("http://127.0.0.1:")
+    assert opened[0] in done.output and "3 slide(s)" in done.output
+
+
 def test_cli_port_in_use_is_one_line_exit_2(out: Path) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
@@ -446,7 +469,6 @@ def test_browser_index_slide_zoom_layer_and_patch(server: Server, tmp_path: Path
 
 def _pixels_differ(a: bytes, b: bytes) -> bool:
     import cv2
-    import numpy as np
 
     first = cv2.imdecode(np.frombuffer(a, np.uint8), cv2.IMREAD_COLOR).astype(int)
     second = cv2.imdecode(np.frombuffer(b, np.uint8), cv2.IMREAD_COLOR).astype(int)
