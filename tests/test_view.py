@@ -18,7 +18,7 @@ import pytest
 import torch
 from starlette.testclient import TestClient
 
-from conftest import write_tiny_text_model
+from conftest import shared_slide, write_tiny_text_model
 from fivewsi.cohort.table import ClassDescription, CohortRow, write_classes, write_cohort
 from fivewsi.features.preprocess import PreprocessConfig, preprocess
 from fivewsi.predict.predict import PredictConfig, predict
@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def out(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def made(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """A predict output: s0 from its slide (deep zoom), s1 from a feature file (patch canvas),
     a broken slide (failed), with an id that needs escaping in HTML."""
     torch.set_num_threads(1)
@@ -68,7 +68,12 @@ def out(tmp_path_factory: pytest.TempPathFactory) -> Path:
     # a secret beside DIR, and a symlink to it inside DIR: never served
     (root / "secret.json").write_text('{"secret": 1}')
     os.symlink(root / "secret.json", root / "out" / "leak.json")
-    return root / "out"
+    return {"out": root / "out", "run": run}
+
+
+@pytest.fixture(scope="module")
+def out(made: dict[str, Path]) -> Path:
+    return made["out"]
 
 
 @pytest.fixture(scope="module")
@@ -188,6 +193,29 @@ def test_pages_and_static_files(client: TestClient) -> None:
         "content-security-policy"]
     heatmap = client.get("/api/slides/s0").json()["links"]["heatmaps"]["vascular_invasion.png"]
     assert client.get(heatmap).content[:4] == b"\x89PNG"
+
+
+@pytest.mark.shared
+def test_a_real_svs_slide_deep_zooms(made: dict[str, Path], tmp_path: Path) -> None:
+    import openslide
+
+    slide = shared_slide("cmu-1-small-region.svs")
+    result = predict(PredictConfig(run=made["run"], inputs=[slide], out=tmp_path / "out",
+                                   workers=0, progress=False))
+    assert result.outcomes[0].status == "ok", result.outcomes[0].error
+    client = TestClient(create_app(tmp_path / "out"), base_url="http://127.0.0.1")
+    key = client.get("/api/slides").json()["slides"][0]["key"]
+    info = client.get(f"/api/slides/{key}").json()
+    with openslide.OpenSlide(str(slide)) as real:
+        assert info["image"] and (info["width"], info["height"]) == real.dimensions
+        assert info["mpp"] == pytest.approx(float(real.properties["openslide.mpp-x"]), abs=1e-3)
+    top = max(1, int(np.ceil(np.log2(max(info["width"], info["height"])))))
+    tile = client.get(f"/dzi/{key}_files/{top}/1_1.jpeg")
+    assert tile.status_code == 200 and tile.content[:2] == b"\xff\xd8"
+    layer = info["layers"][1]
+    assert f'Width="{info["width"]}"' in client.get(layer["dzi"]).text
+    assert client.get(f"/layers/{key}/{layer['id']}_files/{top - 3}/0_0.png").status_code == 200
+    assert client.get(f"/layers/{key}/outline_files/{top - 3}/0_0.png").status_code == 200
 
 
 def test_catalog_refuses_what_is_not_an_output(tmp_path: Path) -> None:
