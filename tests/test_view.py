@@ -325,22 +325,23 @@ def test_loopback_server_refuses_other_host_names(server: Server, host: str) -> 
 def test_token_is_required_and_set_as_a_cookie(out: Path) -> None:
     token = "s3cret-token_value"
     running = Server(create_app(out, token=token, allowed_hosts=None), port=0).start()
+    name = f"fivewsi_view_token_{running.port}"
     try:
         assert _raw(running, "/api/slides")[0] == 403
         assert _raw(running, "/api/slides?token=wrong")[0] == 403
-        assert _raw(running, "/", headers={"Cookie": "fivewsi_view_token=wrong"})[0] == 403
+        assert _raw(running, "/", headers={"Cookie": f"{name}=wrong"})[0] == 403
         status, _, headers = _raw(running, "/slide/s0?token=" + token)
         assert status == 303 and headers["location"] == "/slide/s0"
         cookie = headers["set-cookie"]
-        assert f"fivewsi_view_token={token}" in cookie and "HttpOnly" in cookie
+        assert f"{name}={token}" in cookie and "HttpOnly" in cookie
         assert "SameSite=Strict" in cookie
         status, body, _ = _raw(running, "/api/slides",
-                               headers={"Cookie": f"fivewsi_view_token={token}"})
+                               headers={"Cookie": f"{name}={token}"})
         assert status == 200 and b"s0" in body
         assert _raw(running, "/api/slides", host="any.name",
-                    headers={"Cookie": f"fivewsi_view_token={token}"})[0] == 200
+                    headers={"Cookie": f"{name}={token}"})[0] == 200
         assert _raw(running, "/api/slides", method="POST",
-                    headers={"Cookie": f"fivewsi_view_token={token}"})[0] == 405
+                    headers={"Cookie": f"{name}={token}"})[0] == 405
     finally:
         running.stop()
 

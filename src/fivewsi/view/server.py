@@ -72,7 +72,8 @@ log = logging.getLogger(__name__)
 
 STATIC = Path(__file__).parent / "static"
 VENDOR = STATIC / "vendor" / "openseadragon"
-TOKEN_COOKIE = "fivewsi_view_token"
+#: The token's cookie is named per port (cookies ignore ports): two viewers on one host keep theirs.
+TOKEN_COOKIE = "fivewsi_view_token_{port}"
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
 OVERLAYS = ("outline", "grid", "canvas")
 #: Longer side of the thumbnail the tissue outline is detected on.
@@ -423,13 +424,14 @@ class Guard:
             await _plain(403, "unexpected Host header")(scope, receive, send)
             return
         if self.token is not None:
+            name = TOKEN_COOKIE.format(port=(scope.get("server") or ("", 0))[1])
             query = dict(parse_qsl(scope.get("query_string", b"").decode("latin-1")))
             given = query.get("token")
             if given is not None and _same(given, self.token):
                 # Set the cookie and drop the token from the address bar.
                 rest = urlencode([(k, v) for k, v in query.items() if k != "token"])
                 target = quote(scope["path"]) + (f"?{rest}" if rest else "")
-                cookie = (f"{TOKEN_COOKIE}={self.token}; HttpOnly; SameSite=Strict; Path=/")
+                cookie = f"{name}={self.token}; HttpOnly; SameSite=Strict; Path=/"
                 await _plain(303, "", {"Location": target, "Set-Cookie": cookie})(
                     scope, receive, send)
                 return
@@ -438,7 +440,7 @@ class Guard:
                 cookies.load(headers.get("cookie", ""))
             except Exception:  # a malformed cookie header is no token
                 cookies = SimpleCookie()
-            held = cookies.get(TOKEN_COOKIE)
+            held = cookies.get(name)
             if held is None or not _same(held.value, self.token):
                 await _plain(403, "this viewer needs its access token: open the URL with "
                              "?token=... that `fivewsi view` printed")(scope, receive, send)
