@@ -25,6 +25,12 @@ mkdir "$work/src"
   | while IFS= read -r -d '' f; do [ -e "$f" ] && printf '%s\0' "$f"; done \
   | tar --null -T - -cf -) | tar -xf - -C "$work/src"
 
+# The viewer's OpenSeadragon is built from npm (make assets), ignored by git, shipped in the wheel.
+step "make assets (npm ci: the viewer's OpenSeadragon)"
+make -C "$root" --no-print-directory assets
+vendor=src/fivewsi/view/static/vendor
+mkdir -p "$work/src/$vendor" && cp -r "$root/$vendor/." "$work/src/$vendor/"
+
 step "fresh venv, $TORCH"
 "$PYTHON" -m venv "$work/venv"
 pip=("$work/venv/bin/python" -m pip -q)
@@ -47,4 +53,6 @@ env -u PYTHONPATH "$work/venv/bin/python" -c \
   "import fivewsi, sys; sys.exit(0 if '$work/venv/' in fivewsi.__file__ else f'imported {fivewsi.__file__}')"
 env -u PYTHONPATH "$work/venv/bin/fivewsi" demo --out "$work/run/demo" --no-progress $DEMO_ARGS
 test -s "$work/run/demo/predictions/report.html"
+test -s "$(env -u PYTHONPATH "$work/venv/bin/python" -c \
+  "import fivewsi.view.server as s; print(s.VENDOR / 'openseadragon.min.js')")"
 step "wheel check passed"

@@ -30,6 +30,7 @@ LAYERS: dict[str, int] = {
     "predict": 7,
     "evaluation": 7,
     "demo": 8,
+    "view": 8,
     "cli": 9,
     "__main__": 10,
 }

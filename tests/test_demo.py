@@ -87,6 +87,7 @@ def test_demo_end_to_end(tmp_path):
                     "--init runs/pretrain", "fivewsi evaluate", "fivewsi predict"):
         assert command in text
     assert "balanced_accuracy" in text and "report.html" in text
+    assert f"fivewsi view {(out / 'predictions').resolve()}" in text  # and how to look at it
 
     # a rerun reuses the finished work; other settings in the same folder are refused
     stamp = os.stat(out / "runs" / "fewshot" / "model.safetensors").st_mtime_ns

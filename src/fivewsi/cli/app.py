@@ -34,6 +34,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "fewshot": ("fivewsi.cli.fewshot", "app"),
     "crossval": ("fivewsi.cli.crossval", "app"),
     "predict": ("fivewsi.cli.predict", "app"),
+    "view": ("fivewsi.cli.view", "app"),
     "demo": ("fivewsi.cli.demo", "app"),
 }
 

@@ -37,6 +37,10 @@ def demo_command(
     merge, preprocess, train (pretraining on reports, then few-shot), evaluate and predict
     inside OUT, printing each equivalent command. Exit status 1 when a slide failed.
     """
+    import shlex
+
+    from rich.markup import escape
+
     from fivewsi.demo import run_demo
     from fivewsi.utils.logs import console
 
@@ -46,6 +50,8 @@ def demo_command(
     for table in _tables(result):
         console.print(table)
     console.print(f"prediction page: [bold]{result.report_html.resolve()}[/bold]")
+    view = shlex.quote(str(result.report_html.parent.resolve()))
+    console.print(f"look at it: [bold]fivewsi view {escape(view)}[/bold]", soft_wrap=True)
     raise typer.Exit(0 if result.ok else ITEMS_FAILED)
 
 
