@@ -304,13 +304,7 @@ def timings(result: FewshotResult) -> dict[str, Any]:
 
 def table_only(args: argparse.Namespace) -> int:
     """Tabulate every finished cell of the grid folder: several processes may have filled it."""
-    from fivewsi.evaluation.fewshot import (
-        FewshotCell,
-        _read_metrics,
-        summarize,
-        table_csv,
-        table_markdown,
-    )
+    from fivewsi.evaluation.fewshot import FewshotCell, _read_metrics, summarize, write_tables
 
     grid = args.out / args.grid
     cells = []
@@ -326,9 +320,8 @@ def table_only(args: argparse.Namespace) -> int:
     write_json_atomic(grid / "cells.json", [
         {"model": c.model, "k": c.k, "seed": c.seed, **c.metrics} for c in cells
     ])
-    (grid / "fewshot.csv").write_text(table_csv(table))
-    (grid / "fewshot.md").write_text(table_markdown(table))
-    print(table_markdown(table))
+    _, markdown, _ = write_tables(grid, table, n_seeds=args.seeds)
+    print(markdown.read_text())
     return 0
 
 

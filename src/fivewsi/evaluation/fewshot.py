@@ -407,12 +407,7 @@ def run_fewshot(config: FewshotConfig) -> FewshotResult:
         log.info("tables include %d finished cells of other models found in %s",
                  len(others), runs)
     table = summarize([*cells, *others])
-    csv_path, md_path = config.out / "fewshot.csv", config.out / "fewshot.md"
-    write_text_atomic(csv_path, table_csv(table))
-    write_text_atomic(config.out / "fewshot_paired.csv", paired_csv(paired_differences(table)))
-    figure = _write_figure(config.out / FIGURE_FILE, table)
-    write_text_atomic(md_path, table_markdown(
-        table, n_seeds=len(config.seeds), figure=figure.name if figure else None))
+    csv_path, md_path, figure = write_tables(config.out, table, n_seeds=len(config.seeds))
     result = FewshotResult(
         out=config.out,
         models=[*models, *dict.fromkeys(c.model for c in others)],
@@ -860,6 +855,21 @@ def _metric_order(metric: str) -> int:
 
 def _num(value: float | None) -> str:
     return "" if value is None else f"{value:.6g}"
+
+
+def write_tables(
+    out: Path, table: Sequence[TableRow], *, n_seeds: int | None = None
+) -> tuple[Path, Path, Path | None]:
+    """Write a grid's ``fewshot.csv``, ``fewshot_paired.csv``, ``fewshot.png`` and
+    ``fewshot.md`` (which links the figure) into ``out``; the csv, markdown and figure paths
+    (figure None when nothing could be drawn)."""
+    csv_path, md_path = out / "fewshot.csv", out / "fewshot.md"
+    write_text_atomic(csv_path, table_csv(table))
+    write_text_atomic(out / "fewshot_paired.csv", paired_csv(paired_differences(table)))
+    figure = _write_figure(out / FIGURE_FILE, table)
+    write_text_atomic(md_path, table_markdown(
+        table, n_seeds=n_seeds, figure=figure.name if figure else None))
+    return csv_path, md_path, figure
 
 
 def _write_figure(path: Path, table: Sequence[TableRow]) -> Path | None:
