@@ -34,6 +34,17 @@ def test_sizes_and_settings_are_checked(tmp_path):
         _check_settings(tmp_path, spec, 1)
 
 
+def test_default_demo_settings_are_the_documented_ones():
+    """docs/benchmarks.md "The demo" measured exactly the default size: it states its settings."""
+    root = Path(__file__).resolve().parents[1]
+    text = (root / "docs" / "benchmarks.md").read_text(encoding="utf-8")
+    section = text.split("## The demo", 1)[1].split("\n## ", 1)[0]
+    assert repr(SIZES["default"]) in " ".join(section.split())
+    # enough report-labelled slides to pretrain on: every 8th training slide has no report
+    spec = SIZES["default"]
+    assert spec.n_train - spec.n_train // 8 >= 120
+
+
 def demo_app() -> typer.Typer:
     from fivewsi.cli import app
 
