@@ -78,6 +78,9 @@ def test_demo_end_to_end(tmp_path):
         assert info["status"] == "finished"
         assert (out / "runs" / run / "model.safetensors").exists()
     assert json.loads((out / "runs" / "fewshot" / "run.json").read_text())["stage"] == "classes"
+    # pretraining keeps its last weights: no validation hold-out to pick an epoch by
+    pretrain_info = json.loads((out / "runs" / "pretrain" / "run.json").read_text())
+    assert pretrain_info["config"]["val_fraction"] == 0
     for folder in ("runs/fewshot/evaluation/test", "runs/pretrain/evaluation/zero-shot"):
         metrics = json.loads((out / folder / "metrics.json").read_text())
         assert metrics["n"] == spec.n_test and metrics["split"] == "test"
@@ -91,7 +94,8 @@ def test_demo_end_to_end(tmp_path):
     # what the user sees: each command, the metrics and where the page is
     text = " ".join(result.output.split())
     for command in ("fivewsi reports extract", "fivewsi cohort merge", "fivewsi preprocess",
-                    "--init runs/pretrain", "fivewsi evaluate", "fivewsi predict"):
+                    "--val-fraction 0", "--init runs/pretrain", "fivewsi evaluate",
+                    "fivewsi predict"):
         assert command in text
     assert "balanced_accuracy" in text and "report.html" in text
 
