@@ -34,6 +34,17 @@ def test_sizes_and_settings_are_checked(tmp_path):
         _check_settings(tmp_path, spec, 1)
 
 
+def test_default_demo_settings_are_the_documented_ones():
+    """docs/benchmarks.md "The demo" measured exactly the default size: it states its settings."""
+    root = Path(__file__).resolve().parents[1]
+    text = (root / "docs" / "benchmarks.md").read_text(encoding="utf-8")
+    section = text.split("## The demo", 1)[1].split("\n## ", 1)[0]
+    assert repr(SIZES["default"]) in " ".join(section.split())
+    # enough report-labelled slides to pretrain on: every 8th training slide has no report
+    spec = SIZES["default"]
+    assert spec.n_train - spec.n_train // 8 >= 120
+
+
 def demo_app() -> typer.Typer:
     from fivewsi.cli import app
 
@@ -67,6 +78,9 @@ def test_demo_end_to_end(tmp_path):
         assert info["status"] == "finished"
         assert (out / "runs" / run / "model.safetensors").exists()
     assert json.loads((out / "runs" / "fewshot" / "run.json").read_text())["stage"] == "classes"
+    # pretraining keeps its last weights: no validation hold-out to pick an epoch by
+    pretrain_info = json.loads((out / "runs" / "pretrain" / "run.json").read_text())
+    assert pretrain_info["config"]["val_fraction"] == 0
     for folder in ("runs/fewshot/evaluation/test", "runs/pretrain/evaluation/zero-shot"):
         metrics = json.loads((out / folder / "metrics.json").read_text())
         assert metrics["n"] == spec.n_test and metrics["split"] == "test"
@@ -84,7 +98,8 @@ def test_demo_end_to_end(tmp_path):
     # what the user sees: each command, the metrics and where the page is
     text = " ".join(result.output.split())
     for command in ("fivewsi reports extract", "fivewsi cohort merge", "fivewsi preprocess",
-                    "--init runs/pretrain", "fivewsi evaluate", "fivewsi predict"):
+                    "--val-fraction 0", "--init runs/pretrain", "fivewsi evaluate",
+                    "fivewsi predict"):
         assert command in text
     assert "balanced_accuracy" in text and "report.html" in text
     assert f"fivewsi view {(out / 'predictions').resolve()}" in text  # and how to look at it
