@@ -124,9 +124,13 @@ def test_report_shows_the_run_evaluation_figures(setup: dict[str, Path], tmp_pat
     page = (tmp_path / "given" / "report.html").read_text()
     assert "<h2>Evaluation</h2>" in page and page.count('src="data:image/png;base64,') == 3
     assert "ROC curves (one-vs-rest), slides" in page
+    recorded = json.loads((tmp_path / "given" / "predict.json").read_text())
+    assert recorded == {"run": str(setup["run"].resolve()),
+                        "evaluation": str((tmp_path / "eval").resolve())}
     # Without --evaluation: none for a run never evaluated, then the run's own test evaluation.
     done = _predict(setup, str(features / "s1.h5"), "--out", str(tmp_path / "plain"))
     assert "<h2>Evaluation</h2>" not in (tmp_path / "plain" / "report.html").read_text()
+    assert json.loads((tmp_path / "plain" / "predict.json").read_text())["evaluation"] is None
     shutil.copytree(tmp_path / "eval", tmp_path / "run" / "evaluation" / "test")
     run = tmp_path / "run"
     for name in ("run.json", "model.safetensors", "texts.safetensors"):
@@ -142,6 +146,8 @@ def test_report_shows_the_run_evaluation_figures(setup: dict[str, Path], tmp_pat
     again = _predict(setup, str(features / "s1.h5"), "--out", str(tmp_path / "found"), run=run)
     assert again.exit_code == 0, again.output
     assert "<h2>Evaluation</h2>" in (tmp_path / "found" / "report.html").read_text()
+    assert json.loads((tmp_path / "found" / "predict.json").read_text())["evaluation"] == str(
+        (run / "evaluation" / "test").resolve())
     bad = _predict(setup, str(features / "s1.h5"), "--out", str(tmp_path / "bad"),
                    "--evaluation", str(tmp_path / "nowhere"))
     assert bad.exit_code == 2 and "metrics.json" in bad.output

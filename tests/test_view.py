@@ -56,13 +56,22 @@ def made(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         model_options={"dim": 32, "heads": 4, "n_learnable_prompts": 2,
                        "text_encoder": str(write_tiny_text_model(root / "tiny-bert"))},
     ))
+    # an evaluation whose figures report.html and the viewer show: only the listed PNG
+    from fivewsi.predict.heatmaps import save_png
+
+    evaluation = root / "eval"
+    evaluation.mkdir()
+    save_png(evaluation / "roc.png", np.full((40, 60, 3), 200, np.uint8))
+    save_png(evaluation / "unlisted.png", np.zeros((4, 4, 3), np.uint8))
+    (evaluation / "metrics.json").write_text(json.dumps({"figures": [
+        {"file": "roc.png", "title": "ROC <i>curves</i>"}]}))
     inputs = root / "inputs"
     inputs.mkdir()
     broken = inputs / "<b>broken&amp;.tif"
     broken.write_bytes(b"II*\x00 this is not a slide")
     result = predict(PredictConfig(run=run, out=root / "out", workers=0, progress=False,
                                    inputs=[slides / "s0.tif", work / "features" / "s1.h5",
-                                           broken]))
+                                           broken], evaluation=evaluation))
     assert {o.slide_id: o.status for o in result.outcomes} == {
         "s0": "ok", "s1": "ok", "<b>broken&amp;": "failed"}
     # a secret beside DIR, and a symlink to it inside DIR: never served
@@ -95,6 +104,16 @@ def test_api_slides_lists_every_slide(client: TestClient) -> None:
     assert questions["vascular_invasion"]["answer"] in ("present", "absent")
     assert 0 <= questions["vascular_invasion"]["probability"] <= 1
     assert "report.html" in data["files"]
+
+
+def test_the_run_evaluation_figures_are_served_alone(client: TestClient) -> None:
+    data = client.get("/api/slides").json()
+    assert data["figures"] == [{"title": "ROC <i>curves</i>", "href": "/files/evaluation/roc.png"}]
+    figure = client.get("/files/evaluation/roc.png")
+    assert figure.status_code == 200 and figure.headers["content-type"] == "image/png"
+    assert figure.content[:8] == b"\x89PNG\r\n\x1a\n"
+    for other in ("unlisted.png", "metrics.json", "../secret.json", "%2e%2e/secret.json"):
+        assert client.get(f"/files/evaluation/{other}").status_code == 404, other
 
 
 def test_api_slide_with_image_and_layers(client: TestClient) -> None:
@@ -231,14 +250,19 @@ def test_catalog_refuses_what_is_not_an_output(tmp_path: Path) -> None:
 def test_evaluate_output_is_shown(tmp_path: Path) -> None:
     (tmp_path / "predictions.csv").write_text(
         "slide_id,label,predicted,p_A,p_B,error\nt1,A,B,0.3,0.7,\nt2,B,,,,missing file\n")
-    (tmp_path / "metrics.json").write_text("{}")
+    (tmp_path / "metrics.json").write_text(json.dumps({"figures": [
+        {"file": "reliability.png", "title": "Reliability"},
+        {"file": "sub/roc.png", "title": "not directly in DIR"}]}))
     from fivewsi.predict.heatmaps import save_png
 
     save_png(tmp_path / "reliability.png", np.zeros((4, 4, 3), np.uint8))
+    save_png(tmp_path / "sub" / "roc.png", np.zeros((4, 4, 3), np.uint8))
+    save_png(tmp_path / "unlisted.png", np.zeros((4, 4, 3), np.uint8))
     client = TestClient(create_app(tmp_path), base_url="http://localhost")
     data = client.get("/api/slides").json()
-    assert data["figures"] == ["/files/reliability.png"]  # the evaluation's figures
-    assert client.get(data["figures"][0]).content[:4] == b"\x89PNG"
+    # the figures metrics.json lists, directly in DIR
+    assert data["figures"] == [{"title": "Reliability", "href": "/files/reliability.png"}]
+    assert client.get(data["figures"][0]["href"]).content[:4] == b"\x89PNG"
     assert data["kind"] == "evaluate" and data["files"] == {"metrics.json": "/files/metrics.json",
                                                             "predictions.csv":
                                                                 "/files/predictions.csv"}
@@ -285,6 +309,10 @@ def _raw(server: Server, path: str, method: str = "GET", host: str | None = None
     "/files/leak.json",
     "/files/features/s0.h5",
     "/files/manifest.csv/../../secret.json",
+    "/files/evaluation/../secret.json",
+    "/files/evaluation/%2e%2e/secret.json",
+    "/files/evaluation/unlisted.png",
+    "/files/evaluation/metrics.json",
     "/dzi/..%2f..%2fsecret.dzi",
     "/slide/..%2f..%2fetc%2fpasswd",
     "/etc/passwd",
@@ -346,6 +374,68 @@ def test_token_is_required_and_set_as_a_cookie(out: Path) -> None:
         running.stop()
 
 
+def test_eight_clients_at_once_all_answered(server: Server) -> None:
+    """The load the benchmark times (benchmarks/bench_view.py), here untimed: 8 clients on
+    loopback, each 30 requests of slide tiles, layer tiles, the API and files, all answered."""
+    import concurrent.futures
+    import random
+
+    import httpx
+
+    info = httpx.get(f"{server.url}/api/slides/s0").json()
+    width, height, top = info["width"], info["height"], 11  # 1536 x 1024: ceil(log2) = 11
+    layers = [layer["id"] for layer in info["layers"]] + ["outline", "grid"]
+
+    def tile(rng: random.Random, side: int) -> tuple[int, int, int]:
+        level = rng.randint(top - 3, top)
+        scale = 2 ** (top - level)
+        cols, rows = -(-width // scale // side), -(-height // scale // side)
+        return level, rng.randrange(max(cols, 1)), rng.randrange(max(rows, 1))
+
+    def client(seed: int) -> list[tuple[str, int, str, bytes]]:
+        rng = random.Random(seed)
+        answers = []
+        with httpx.Client(base_url=server.url, timeout=60) as http:
+            for _ in range(30):
+                kind = rng.choice(["slide", "layer", "api", "file"])
+                if kind == "slide":
+                    path = "/dzi/s0_files/{}/{}_{}.jpeg".format(*tile(rng, 254))
+                elif kind == "layer":
+                    path = "/layers/s0/{}_files/{}/{}_{}.png".format(rng.choice(layers),
+                                                                     *tile(rng, 256))
+                elif kind == "api":
+                    path = rng.choice(["/api/slides", "/api/slides/s0", "/api/slides/s1/patches"])
+                else:
+                    path = rng.choice(["/files/evaluation/roc.png", "/static/index.js"])
+                response = http.get(path)
+                answers.append((path, response.status_code,
+                                response.headers.get("content-type", ""), response.content))
+        return answers
+
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        answers = [a for some in pool.map(client, range(8)) for a in some]
+    assert len(answers) == 240
+    expected = {".jpeg": ("image/jpeg", b"\xff\xd8"), ".png": ("image/png", b"\x89PNG"),
+                ".js": ("text/javascript", b"//")}
+    for path, status, kind, body in answers:
+        assert status == 200, (path, status)
+        suffix = Path(path).suffix
+        want, magic = expected.get(suffix, ("application/json", b"{"))
+        assert kind.startswith(want) and body.startswith(magic), (path, kind, body[:8])
+
+
+def test_the_server_socket_is_tcp_so_responses_are_not_delayed() -> None:
+    # asyncio sets TCP_NODELAY only on sockets whose proto is TCP; without it a response's
+    # head and body wait ~40 ms for a delayed ACK (benchmarks/bench_view.py)
+    from starlette.applications import Starlette
+
+    running = Server(Starlette(), port=0)
+    try:
+        assert running.socket.proto == socket.IPPROTO_TCP
+    finally:
+        running.socket.close()
+
+
 # --- the command line ------------------------------------------------------------------------
 
 
@@ -371,9 +461,13 @@ def test_cli_serves_and_prints_its_url(out: Path, host: str) -> None:
     process = _cli(str(out), "--port", "0", "--host", host)
     try:
         assert process.stdout is not None
-        line = process.stdout.readline()
-        found = re.search(r"http://\S+:(\d+)/(\?token=(\S+))?", line)
-        assert found, line
+        lines = []
+        found = None
+        while found is None and len(lines) < 10:  # warnings (a skipped figure) may come first
+            lines.append(process.stdout.readline())
+            found = re.search(r"http://\S+:(\d+)/(\?token=(\S+))?", lines[-1])
+        line = lines[-1]
+        assert found, lines
         port, token = found.group(1), found.group(3)
         assert (token is None) == (host == "127.0.0.1"), line
         url = f"http://127.0.0.1:{port}/api/slides"
@@ -454,6 +548,11 @@ def test_browser_index_slide_zoom_layer_and_patch(server: Server, tmp_path: Path
             failed = page.locator("tr[data-slide='<b>broken&amp;']")
             assert failed.count() == 1 and "failed" in failed.inner_text()
             assert page.locator("b", has_text="broken").count() == 0
+            # the run's evaluation figure, its title as text
+            page.wait_for_function("() => document.querySelector('#figures img')?.naturalWidth"
+                                   " === 60")
+            assert page.inner_text("#figures figcaption") == "ROC <i>curves</i>"
+            assert page.locator("#figures i").count() == 0
             page.fill("#filter", "s1")
             assert page.locator("tbody tr").count() == 1
             page.fill("#filter", "")

@@ -14,6 +14,8 @@ Outputs::
     OUT/heatmaps/<id>/*.png      overlays on the thumbnail: the predicted class, each question
     OUT/geojson/<id>.geojson     patch polygons with every score as a measurement (QuPath)
     OUT/report.html              the self-contained page
+    OUT/predict.json             the run and the evaluation whose figures the page shows
+                                 (``fivewsi view`` shows them too)
 
 Example:
     >>> from fivewsi.predict.predict import PredictConfig
@@ -36,7 +38,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from fivewsi.errors import PredictStageError
-from fivewsi.utils.atomic import write_text_atomic
+from fivewsi.utils.atomic import write_json_atomic, write_text_atomic
 from fivewsi.utils.logs import make_progress
 from fivewsi.utils.outputs import check_output_folder, csv_cell, safe_file_name
 
@@ -51,6 +53,11 @@ log = logging.getLogger(__name__)
 FEATURE_SUFFIXES = (".h5", ".pt")
 #: Side of the thumbnail heatmaps are drawn on.
 THUMBNAIL_SIDE = 1024
+
+
+#: ``OUT/predict.json``: ``run`` (its folder) and ``evaluation`` (the ``evaluate`` output whose
+#: figures the page shows, or null), both absolute.
+PREDICT_INFO = "predict.json"
 
 
 class PredictInputError(PredictStageError, ValueError):
@@ -137,8 +144,13 @@ def predict(config: PredictConfig) -> PredictResult:
     outcomes = _predict_all(sources, classifier, config, timings)
     tick = time.perf_counter()
     _write_predictions(out / "predictions.csv", outcomes, classifier)
+    evaluation = _evaluation_folder(config, classifier)
+    write_json_atomic(out / PREDICT_INFO, {
+        "run": str(Path(config.run).resolve()),
+        "evaluation": str(evaluation.resolve()) if evaluation is not None else None,
+    })
     if config.html:
-        _write_page(out, outcomes, classifier, config)
+        _write_page(out, outcomes, classifier, config, evaluation)
     timings["page"] = time.perf_counter() - tick
     result = PredictResult(out, outcomes, list(classifier.classes), 0.0, timings)
     result.seconds = time.perf_counter() - started
@@ -425,9 +437,10 @@ def _write_predictions(
 
 
 def _write_page(
-    out: Path, outcomes: list[SlideOutcome], classifier: SlideClassifier, config: PredictConfig
+    out: Path, outcomes: list[SlideOutcome], classifier: SlideClassifier, config: PredictConfig,
+    evaluation: Path | None,
 ) -> None:
-    from fivewsi.predict.html import write_report_html
+    from fivewsi.predict.html import evaluation_figures, write_report_html
 
     reports = [_slide_report(o, classifier, out) for o in outcomes]
     summary = {  # the page counts slides itself
@@ -439,33 +452,32 @@ def _write_page(
         "model": classifier.model_name,
         **{k: v for k, v in classifier.preprocess_settings().items() if v is not None},
     }
-    figures = _evaluation_figures(config, classifier)
+    figures = evaluation_figures(evaluation) if evaluation is not None else []
     write_report_html(out / "report.html", reports, summary=summary, run_info=run_info,
                       figures=figures)
 
 
-def _evaluation_figures(config: PredictConfig, classifier: SlideClassifier) -> list[Any]:
-    """The figures of ``config.evaluation``, else of the run's own test evaluation
-    (``RUN/evaluation/test``) when that evaluated this run with the classes predicted now."""
+def _evaluation_folder(config: PredictConfig, classifier: SlideClassifier) -> Path | None:
+    """``config.evaluation``, else the run's own test evaluation (``RUN/evaluation/test``)
+    when that evaluated this run with the classes predicted now; None when there is none."""
     import json
 
-    from fivewsi.predict.html import evaluation_figures
     from fivewsi.runs.record import EVALUATION
 
     if config.evaluation is not None:
-        return evaluation_figures(config.evaluation)
+        return Path(config.evaluation)
     folder = Path(config.run) / EVALUATION / "test"
     try:
         info = json.loads((folder / "metrics.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        return []
+        return None
     same = (isinstance(info, dict) and info.get("run") == str(Path(config.run).resolve())
             and info.get("classes") == list(classifier.classes))
     if not same:
         log.info("report: %s is not an evaluation of this run with these classes; its figures "
                  "are not shown", folder)
-        return []
-    return evaluation_figures(folder)
+        return None
+    return folder
 
 
 def _slide_report(outcome: SlideOutcome, classifier: SlideClassifier, out: Path) -> SlideReport:

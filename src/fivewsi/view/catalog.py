@@ -114,6 +114,9 @@ class Catalog:
     calibration: str
     slides: dict[str, SlideEntry]
     files: dict[str, Path]
+    #: The evaluation's figures (title, relative path in ``files``): DIR's own when DIR is an
+    #: ``evaluate`` output, else those of the evaluation that ``predict.json`` names.
+    figures: list[tuple[str, str]] = field(default_factory=list)
     _patches: dict[str, Patches | None] = field(default_factory=dict, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -204,7 +207,43 @@ def load_catalog(root: str | os.PathLike[str]) -> Catalog:
         prefix = f"heatmaps/{key}/"
         entry.heatmaps = {p[len(prefix):]: p for p in files if p.startswith(prefix)}
         slides[key] = entry
-    return Catalog(real_root, kind, classes, calibration, slides, files)
+    figures = _figures(real_root, kind, files)
+    return Catalog(real_root, kind, classes, calibration, slides, files, figures)
+
+
+#: Where the figures of the evaluation a ``predict`` output names are served, under ``/files/``.
+EVALUATION_PREFIX = "evaluation/"
+
+
+def _figures(root: Path, kind: str, files: dict[str, Path]) -> list[tuple[str, str]]:
+    """The evaluation figures to show (title, relative path), added to ``files``.
+
+    An ``evaluate`` output's are its own PNGs that its ``metrics.json`` lists; a ``predict``
+    output's are those of the evaluation its ``predict.json`` names (the one its report.html
+    shows), each served as ``evaluation/<file>``: exactly these files, nothing else of that
+    folder. :func:`fivewsi.predict.html.evaluation_figures` reads both safely.
+    """
+    from fivewsi.predict.html import evaluation_figures
+    from fivewsi.predict.predict import PREDICT_INFO
+
+    if kind == "evaluate":
+        return [(f.title, name) for f in evaluation_figures(root)
+                if (name := Path(str(f.image)).name) in files]
+    try:
+        info = json.loads((root / PREDICT_INFO).read_text(encoding="utf-8"))
+        folder = info.get("evaluation") if isinstance(info, dict) else None
+    except (OSError, ValueError):
+        return []
+    if not isinstance(folder, str) or not folder:
+        return []
+    found = []
+    for figure in evaluation_figures(folder):
+        name = EVALUATION_PREFIX + Path(str(figure.image)).name
+        if name in files:  # DIR's own file of that name stays what it is
+            continue
+        files[name] = Path(os.path.realpath(str(figure.image)))
+        found.append((figure.title, name))
+    return found
 
 
 def read_patches(path: Path) -> Patches:

@@ -125,9 +125,9 @@ class Viewer:
         self.catalog = catalog
         self.slide_tiles = SlideTiles()
         self.layer_tiles = LRUCache(4096)
-        self._grids = LRUCache(16)
-        self._luts = LRUCache(256)
-        self._tissue = LRUCache(8)
+        self._grids = LRUCache(16, once=True)
+        self._luts = LRUCache(256, once=True)
+        self._tissue = LRUCache(8, once=True)  # ~1 s and ~100 MB each: made once, not per tile
         self._sizes: dict[str, tuple[int, int] | None] = {}
         self._lock = threading.Lock()
 
@@ -178,8 +178,8 @@ class Viewer:
         return {"kind": c.kind, "classes": c.classes, "calibration": c.calibration,
                 "calibrated": c.calibration.startswith("calibrated"),
                 "files": _links(c, ["report.html", "metrics.json", "predictions.csv"]),
-                "figures": [f"/files/{quote(p)}" for p in c.files
-                            if p.endswith(".png") and "/" not in p],
+                "figures": [{"title": title, "href": f"/files/{quote(p)}"}
+                            for title, p in c.figures],
                 "slides": [self.summary(e) for e in c.slides.values()]}
 
     def slide(self, entry: SlideEntry) -> dict[str, Any]:

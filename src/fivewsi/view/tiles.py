@@ -54,13 +54,27 @@ class LRUCache:
         (1, 2, 1)
         >>> _ = c.get("c", lambda: 3); "b" in c, "a" in c
         (False, True)
+        >>> import concurrent.futures, time
+        >>> made = []
+        >>> once = LRUCache(2, once=True)
+        >>> def slow():
+        ...     made.append(1); time.sleep(0.05); return "mask"
+        >>> with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        ...     got = list(pool.map(lambda _: once.get("k", slow), range(4)))
+        >>> got, len(made)
+        (['mask', 'mask', 'mask', 'mask'], 1)
     """
 
-    def __init__(self, size: int, on_evict: Callable[[Any], None] | None = None) -> None:
+    def __init__(self, size: int, on_evict: Callable[[Any], None] | None = None, *,
+                 once: bool = False) -> None:
+        """``once``: callers asking for a missing key together wait for one ``make`` (for
+        costly entries: an open slide, a tissue mask); else each makes its own."""
         self.size = size
         self._items: OrderedDict[Any, Any] = OrderedDict()
         self._lock = threading.Lock()
         self._on_evict = on_evict
+        self._once = once
+        self._making: dict[Any, threading.Lock] = {}
 
     def __contains__(self, key: Any) -> bool:
         with self._lock:
@@ -71,7 +85,21 @@ class LRUCache:
             if key in self._items:
                 self._items.move_to_end(key)
                 return self._items[key]
-        value = make()  # outside the lock: two threads may make one tile, both correct
+            making = self._making.setdefault(key, threading.Lock()) if self._once else None
+        if making is None:
+            return self._put(key, make())  # two threads may make one tile, both correct
+        try:
+            with making:
+                with self._lock:
+                    if key in self._items:
+                        self._items.move_to_end(key)
+                        return self._items[key]
+                return self._put(key, make())
+        finally:
+            with self._lock:
+                self._making.pop(key, None)
+
+    def _put(self, key: Any, value: Any) -> Any:
         evicted = []
         with self._lock:
             self._items[key] = value
@@ -270,7 +298,7 @@ class SlideTiles:
     encoded tiles (thread-safe: OpenSlide reads from several threads at once)."""
 
     def __init__(self, slides: int = 8, tiles: int = 2048) -> None:
-        self._slides = LRUCache(slides, on_evict=lambda item: item[0].close())
+        self._slides = LRUCache(slides, on_evict=lambda item: item[0].close(), once=True)
         self.tiles = LRUCache(tiles)
 
     def _open(self, path: Path) -> tuple[Any, Any, threading.Lock | None]:

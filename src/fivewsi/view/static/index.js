@@ -81,9 +81,10 @@ async function main() {
   const nav = document.getElementById("files");
   for (const [name, href] of Object.entries(data.files)) nav.append(el("a", { href, text: name }));
   const figures = document.getElementById("figures");
-  for (const href of data.figures) {
-    figures.append(el("figure", {}, el("img", { src: href, alt: href.split("/").pop() }),
-                      el("figcaption", { text: decodeURIComponent(href.split("/").pop()) })));
+  if (data.figures.length) figures.append(el("h2", { text: "Evaluation" }));
+  for (const { title, href } of data.figures) {
+    figures.append(el("figure", {}, el("a", { href }, el("img", { src: href, alt: title })),
+                      el("figcaption", { text: title })));
   }
   document.getElementById("filter").addEventListener("input", render);
   document.getElementById("status").addEventListener("change", render);
