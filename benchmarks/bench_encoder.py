@@ -232,8 +232,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, object]]:
                     util = row.get("gpu_util_percent")
                     shown = "-" if util is None else f"{util:.0f}%"
                     print(f"{name:>16} {size:>5} {batch:>6} {threads:>8} "
-                          f"{row['median_patches_per_s']:>10.0f} "
-                          f"{row['best_patches_per_s']:>10.0f} {shown:>9}")
+                          f"{row['median_patches_per_s']:>10.1f} "
+                          f"{row['best_patches_per_s']:>10.1f} {shown:>9}")
         del encoder
         if device.type == "cuda":
             torch.cuda.empty_cache()
