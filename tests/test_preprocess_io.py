@@ -179,6 +179,10 @@ def test_real_recipes_warn_on_the_effective_resolution() -> None:
     assert magnification_warning(spec, 0.5, 224) is None
     assert magnification_warning(spec, 0.5, 256) is None
     assert "1.14 µm/px" in (magnification_warning(spec, 0.5, 512) or "")
+    assert magnification_warning(get_spec("gigapath"), 0.5, 256) is None
+    # CONCH v1.5 is published on 512 px patches at 20x: the default 256 px zooms in twofold
+    assert "--patch-size 512" in (magnification_warning(get_spec("conch-v1.5"), 0.5, 256) or "")
+    assert magnification_warning(get_spec("conch-v1.5"), 0.5, 512) is None
 
 
 def test_preprocess_warns_when_the_recipe_magnification_disagrees(
