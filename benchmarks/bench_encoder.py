@@ -14,11 +14,15 @@ sampled every 50 ms when pynvml is installed, else the fraction of wall time the
 inside the encoder's forward passes, measured with CUDA events. ``--batches auto`` uses the batch
 size preprocess would choose from free GPU memory. Encoders that need weights take them from
 ``--weights NAME=PATH`` or the local Hugging Face cache; one that cannot be built is reported
-as skipped.
+as skipped. ``--random-weights`` gives every recipe encoder without ``--weights`` random weights
+saved in its published layout (the references of ``bench_encoder_parity.py``; needs the
+[models] extra): throughput does not depend on the values.
 
 Usage:
     python benchmarks/bench_encoder.py
     python benchmarks/bench_encoder.py --sizes 256 --batches 64 --threads 1 --seconds 10
+    python benchmarks/bench_encoder.py --encoders uni phikon --random-weights --sizes 224 \
+        --batches 16 --threads 2
     python benchmarks/bench_encoder.py --device cuda --encoders uni conch --sizes 224 \
         --batches auto 256 --weights uni=/models/uni conch=/models/conch --json out/gpu.json
 """
@@ -29,6 +33,8 @@ import argparse
 import json
 import math
 import statistics
+import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -180,6 +186,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, object]]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--encoders", "--encoder", nargs="+", default=["he-handcrafted"])
     parser.add_argument("--weights", nargs="*", default=[], help="NAME=PATH for an encoder")
+    parser.add_argument("--random-weights", action="store_true",
+                        help="random weights in the published layout for the others")
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     parser.add_argument("--slide", type=Path, default=DEFAULT_SLIDE)
     parser.add_argument("--sizes", type=int, nargs="+", default=[224, 256])
@@ -201,9 +209,13 @@ def main(argv: list[str] | None = None) -> list[dict[str, object]]:
     print(f"{'encoder':>16} {'size':>5} {'batch':>6} {'threads':>8} {'median/s':>10} "
           f"{'best/s':>10} {'GPU util':>9}")
     results: list[dict[str, object]] = []
+    scratch = tempfile.TemporaryDirectory()
     for name in args.encoders:
         try:
-            encoder = _build(name, weights.get(name), device)
+            path = weights.get(name)
+            if path is None and args.random_weights:
+                path = random_weights(name, Path(scratch.name) / name)
+            encoder = _build(name, path, device)
         except Exception as exc:  # missing weights, missing extra: say so and go on
             print(f"{name:>16} skipped: {type(exc).__name__}: {exc}")
             results.append({"encoder": name, "device": str(device), "skipped": str(exc)})
@@ -220,15 +232,26 @@ def main(argv: list[str] | None = None) -> list[dict[str, object]]:
                     util = row.get("gpu_util_percent")
                     shown = "-" if util is None else f"{util:.0f}%"
                     print(f"{name:>16} {size:>5} {batch:>6} {threads:>8} "
-                          f"{row['median_patches_per_s']:>10.0f} "
-                          f"{row['best_patches_per_s']:>10.0f} {shown:>9}")
+                          f"{row['median_patches_per_s']:>10.1f} "
+                          f"{row['best_patches_per_s']:>10.1f} {shown:>9}")
         del encoder
         if device.type == "cuda":
             torch.cuda.empty_cache()
+    scratch.cleanup()
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(results, indent=2))
     return results
+
+
+def random_weights(name: str, folder: Path) -> Path:
+    """Random weights for recipe ``name`` in its published layout under ``folder``."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from bench_encoder_parity import REFERENCES
+
+    if name not in REFERENCES:
+        raise KeyError(f"no published layout known for {name!r}; pass --weights {name}=PATH")
+    return REFERENCES[name](folder, small=False).weights
 
 
 def _build(name: str, weights: Path | None, device: torch.device) -> torch.nn.Module:

@@ -129,10 +129,11 @@ def test_cli_bad_table_is_one_error_line(no_mpp_slide: Path, tmp_path: Path) -> 
     assert not (tmp_path / "out" / "features").exists()
 
 
-def _recipe(mpp: float) -> EncoderRecipe:
+def _recipe(mpp: float, tile_size: int | None = None) -> EncoderRecipe:
     return EncoderRecipe.model_validate({
         "name": "toy-40x", "title": "toy", "dim": 8, "builder": "timm", "architecture": "vit",
         "embedding": "cls", "magnification": 10 / mpp, "mpp": mpp, "licence": "none",
+        "tile_size": tile_size,
         "preprocess": {"resize": 224, "crop": 224, "mean": [0, 0, 0], "std": [1, 1, 1]},
         "weights": {"files": ["w.bin"], "layout": "timm"}, "sources": {"all": "a test"},
     })
@@ -148,6 +149,40 @@ def test_magnification_warning(recipe_mpp: float, target: float, warns: bool) ->
     assert (text is not None) == warns
     if warns:
         assert f"{recipe_mpp:g} µm/px" in text and f"--mpp {target:g}" in text
+
+
+@pytest.mark.parametrize(("tile", "target", "patch", "warns"), [
+    (224, 0.5, 224, False),  # the published tiles
+    (224, 0.5, 256, False),  # shrunk to 224: seen at 0.571 µm/px, 14% coarser
+    (224, 0.5, 512, True),  # seen at 1.14 µm/px although --mpp matches
+    (224, 0.25, 448, False),  # 40x patches twice as large: the same field, no warning
+    (224, 0.25, 224, True),
+    (512, 0.5, 256, True),  # a model published on 512 px tiles resized to 224
+    (512, 0.5, 512, False),
+])
+def test_magnification_warning_at_the_network_input(tile: int, target: float, patch: int,
+                                                     warns: bool) -> None:
+    spec = dataclasses.replace(get_spec("he-handcrafted"), recipe=_recipe(0.5, tile))
+    text = magnification_warning(spec, target, patch)
+    assert (text is not None) == warns
+    if warns:
+        seen = f"{target * patch / 224:.3g} µm/px"
+        assert seen in text and f"--patch-size {tile}" in text and f"{tile} px tiles" in text
+    # without the patch size (or the recipe's tile size) only the mpps are compared
+    assert (magnification_warning(spec, target) is None) == (target == 0.5)
+
+
+def test_real_recipes_warn_on_the_effective_resolution() -> None:
+    """H-optimus (224 px tiles at 0.5 µm/px): 256 px is within tolerance, 512 px is not."""
+    spec = get_spec("h-optimus-0")
+    assert spec.recipe is not None and spec.recipe.tile_size == 224
+    assert magnification_warning(spec, 0.5, 224) is None
+    assert magnification_warning(spec, 0.5, 256) is None
+    assert "1.14 µm/px" in (magnification_warning(spec, 0.5, 512) or "")
+    assert magnification_warning(get_spec("gigapath"), 0.5, 256) is None
+    # CONCH v1.5 is published on 512 px patches at 20x: the default 256 px zooms in twofold
+    assert "--patch-size 512" in (magnification_warning(get_spec("conch-v1.5"), 0.5, 256) or "")
+    assert magnification_warning(get_spec("conch-v1.5"), 0.5, 512) is None
 
 
 def test_preprocess_warns_when_the_recipe_magnification_disagrees(

@@ -105,6 +105,10 @@ class EncoderRecipe(BaseModel):
     preprocess: Preprocess
     magnification: float = Field(gt=0, description="objective magnification trained at (×)")
     mpp: float | None = Field(None, gt=0, description="µm per pixel trained at (default 10/mag)")
+    tile_size: int | None = Field(
+        None, ge=1, description="tile side (px at ``mpp``) the authors feed to ``preprocess``; "
+        "with the resize it fixes the µm per pixel the network sees (None: not published)"
+    )
     licence: str
     weights: Weights
     sources: dict[str, str] = Field(min_length=1, description="fact → where it is published")
