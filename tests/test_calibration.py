@@ -17,8 +17,8 @@ from fivewsi.evaluation.calibration import (
     brier_score,
     expected_calibration_error,
     log_loss,
-    write_reliability_diagram,
 )
+from fivewsi.evaluation.figures import reliability_figure
 from fivewsi.evaluation.metrics import classification_metrics
 from fivewsi.runs.calibration import fit_temperature, nll
 
@@ -98,7 +98,7 @@ def test_reliability_diagram_is_a_valid_png(tmp_path: Path) -> None:
     rng = np.random.default_rng(1)
     probs = _softmax(rng.normal(size=(50, 3)) * 2)
     y = rng.integers(0, 3, size=50)
-    path = write_reliability_diagram(tmp_path / "reliability.png", y, probs, title="run")
+    path = reliability_figure(tmp_path / "reliability.png", y, probs, title="run")
     assert path.read_bytes()[:8] == PNG_SIGNATURE
     with Image.open(path) as image:
         image.verify()

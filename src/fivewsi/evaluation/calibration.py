@@ -23,9 +23,6 @@ Example:
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import numpy as np
 
 #: Calibration metrics of ``metrics.json`` (lower is better for all three).
@@ -115,20 +112,3 @@ def reliability_table(y: np.ndarray, probs: np.ndarray, n_bins: int = N_BINS) ->
             "accuracy": float(terms["correct"][inside].mean()) if count else None,
         })
     return rows
-
-
-def write_reliability_diagram(
-    path: str | os.PathLike[str],
-    y: np.ndarray,
-    probs: np.ndarray,
-    *,
-    title: str = "",
-    n_bins: int = N_BINS,
-) -> Path:
-    """Draw the reliability diagram as a PNG at ``path`` (atomically): accuracy per confidence
-    bin as bars (the bin's slide count above each bar), each bin's mean confidence as a dot,
-    the diagonal of perfect calibration, and the ECE in the title. Drawn with matplotlib in
-    the figures' fixed style (:func:`fivewsi.evaluation.figures.reliability_figure`)."""
-    from fivewsi.evaluation.figures import reliability_figure
-
-    return reliability_figure(path, y, probs, title=title, n_bins=n_bins)
