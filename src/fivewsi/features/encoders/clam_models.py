@@ -18,7 +18,12 @@ from typing import Any
 
 from torch import nn
 
-from fivewsi.features.encoders.common import TorchImageEncoder, load_state_dict_file, load_strict
+from fivewsi.features.encoders.common import (
+    TorchImageEncoder,
+    load_state_dict_file,
+    load_strict,
+    recipe_encoder,
+)
 from fivewsi.features.recipe import EncoderRecipe, register_builder
 
 
@@ -45,22 +50,12 @@ def build_resnet50_trunc_encoder(
     amp: bool = True,
 ) -> TorchImageEncoder:
     """``resnet50-trunc`` from a torchvision or timm ResNet-50 state dict (strict up to layer3)."""
-    from fivewsi.features.encoders.timm_models import _resolve_weights
+    from fivewsi.features.encoders.timm_models import recipe_weights
 
     model = build_resnet50_trunc(recipe, arch_overrides)
-    path, source = _resolve_weights(
-        recipe.name, weights, recipe.weights.hub, tuple(recipe.weights.files)
-    )
+    path, source = recipe_weights(recipe, weights)
     load_strict(
         model, load_state_dict_file(path), ignore_unexpected=[r"layer4\.", r"fc\."],
         what=f"weights {path.name}",
     )
-    return TorchImageEncoder(
-        model,
-        name=recipe.name,
-        dim=model.num_features,
-        input_size=recipe.preprocess.input_size or 224,
-        transform=recipe.preprocess,
-        amp=amp,
-        source=source,
-    )
+    return recipe_encoder(model, recipe, dim=model.num_features, source=source, amp=amp)

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fivewsi.errors import FeatureStageError
-from fivewsi.features.recipe import Preprocess
+from fivewsi.features.recipe import EncoderRecipe, Preprocess
 from fivewsi.features.registry import PatchEncoder
 
 logger = logging.getLogger(__name__)
@@ -83,7 +83,7 @@ def recipe_pixels(patches: torch.Tensor, transform: Preprocess) -> torch.Tensor:
     box torchvision takes (offsets rounded half to even).
 
     Example:
-        >>> from fivewsi.features.recipe import Preprocess
+        >>> from fivewsi.features.recipe import EncoderRecipe, Preprocess
         >>> t = Preprocess(resize=4, crop=2, mean=(0, 0, 0), std=(1, 1, 1))
         >>> recipe_pixels(torch.zeros(1, 8, 16, 3, dtype=torch.uint8), t).shape
         torch.Size([1, 3, 2, 2])
@@ -213,6 +213,23 @@ class TorchImageEncoder(PatchEncoder):
         if self.source:
             info["encoder_weights"] = self.source
         return info
+
+
+def recipe_encoder(
+    model: nn.Module,
+    recipe: EncoderRecipe,
+    *,
+    dim: int,
+    source: str,
+    amp: bool = True,
+    input_size: int | Sequence[int] = 224,
+) -> TorchImageEncoder:
+    """``model`` as ``recipe``'s encoder: its name, and its published transform (the recipe's
+    input size wins over ``input_size``)."""
+    return TorchImageEncoder(
+        model, name=recipe.name, dim=dim, input_size=recipe.preprocess.input_size or input_size,
+        transform=recipe.preprocess, amp=amp, source=source,
+    )
 
 
 def find_weights_file(path: Path, names: Iterable[str] = WEIGHT_FILE_NAMES) -> Path:

@@ -43,6 +43,7 @@ from fivewsi.features.encoders.common import (
     TorchImageEncoder,
     load_state_dict_file,
     load_strict,
+    recipe_encoder,
 )
 from fivewsi.features.recipe import EncoderRecipe, register_builder
 
@@ -244,24 +245,14 @@ def build_conch_encoder(
     :data:`CONCH_V1_UNUSED` keys of v1 (and, without ``project``, ``proj_contrast``) are
     skipped, besides everything outside v1's ``visual.`` (text tower, decoder, logit scale).
     """
-    from fivewsi.features.encoders.timm_models import _resolve_weights
+    from fivewsi.features.encoders.timm_models import recipe_weights
 
     model = build_conch_tower(recipe, arch_overrides, project=project)
-    path, source = _resolve_weights(
-        recipe.name, weights, recipe.weights.hub, tuple(recipe.weights.files)
-    )
+    path, source = recipe_weights(recipe, weights)
     state = _vision_state(load_state_dict_file(path))
     unused = list(CONCH_V1_UNUSED) if model.pooler == "mha" else []
     unused += [] if project else [r"proj_contrast$"]
     if model.pooler == "linear":
         _fit_trunk_pos_embed(model, state)
     load_strict(model, state, ignore_unexpected=unused, what=f"{recipe.title} weights {path.name}")
-    return TorchImageEncoder(
-        model,
-        name=recipe.name,
-        dim=model.dim,
-        input_size=recipe.preprocess.input_size or 448,
-        transform=recipe.preprocess,
-        amp=amp,
-        source=source,
-    )
+    return recipe_encoder(model, recipe, dim=model.dim, source=source, amp=amp, input_size=448)

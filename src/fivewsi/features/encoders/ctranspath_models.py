@@ -23,7 +23,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from fivewsi.features.encoders.common import TorchImageEncoder, load_state_dict_file, load_strict
+from fivewsi.features.encoders.common import (
+    TorchImageEncoder,
+    load_state_dict_file,
+    load_strict,
+    recipe_encoder,
+)
 from fivewsi.features.recipe import EncoderRecipe, register_builder
 
 
@@ -126,20 +131,10 @@ def build_ctranspath_encoder(
     amp: bool = True,
 ) -> TorchImageEncoder:
     """CTransPath from ``ctranspath.pth`` (file or folder); a fine-tuned ``head.*`` is skipped."""
-    from fivewsi.features.encoders.timm_models import _resolve_weights
+    from fivewsi.features.encoders.timm_models import recipe_weights
 
     model = build_ctranspath(recipe, arch_overrides)
-    path, source = _resolve_weights(
-        recipe.name, weights, recipe.weights.hub, tuple(recipe.weights.files)
-    )
+    path, source = recipe_weights(recipe, weights)
     state = ctranspath_to_timm(load_state_dict_file(path))
     load_strict(model, state, ignore_unexpected=[r"head\."], what=f"CTransPath weights {path.name}")
-    return TorchImageEncoder(
-        model,
-        name=recipe.name,
-        dim=model.num_features,
-        input_size=recipe.preprocess.input_size or 224,
-        transform=recipe.preprocess,
-        amp=amp,
-        source=source,
-    )
+    return recipe_encoder(model, recipe, dim=model.num_features, source=source, amp=amp)

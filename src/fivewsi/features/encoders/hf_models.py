@@ -35,6 +35,7 @@ from fivewsi.features.encoders.common import (
     TorchImageEncoder,
     WeightsMismatchError,
     cached_hf_file,
+    recipe_encoder,
 )
 from fivewsi.features.recipe import EncoderRecipe, RecipeError, register_builder
 from fivewsi.features.registry import register_encoder
@@ -321,14 +322,10 @@ def build_transformers_encoder(
         raise RecipeError(f"recipe {recipe.name}: embedding {recipe.embedding!r} is not "
                           f"supported for {recipe.architecture}")
     module.eval()
-    return TorchImageEncoder(
-        module,
-        name=recipe.name,
-        dim=dim,
-        input_size=recipe.preprocess.input_size or _config_image_size(model.config) or 224,
-        transform=recipe.preprocess,
-        amp=amp,
+    return recipe_encoder(
+        module, recipe, dim=dim, amp=amp,
         source=str(weights) if weights is not None else f"hf-cache:{source}",
+        input_size=_config_image_size(model.config) or 224,
     )
 
 

@@ -41,6 +41,7 @@ from fivewsi.features.encoders.common import (
     import_timm,
     load_state_dict_file,
     load_strict,
+    recipe_encoder,
 )
 from fivewsi.features.recipe import EncoderRecipe, list_recipes, register_builder
 from fivewsi.features.registry import register_encoder
@@ -82,6 +83,12 @@ def _resolve_weights(
         else " (this model has no Hugging Face weights known to timm)"
     )
     raise MissingWeightsError(f"no weights for encoder {encoder!r}: {_WEIGHTS_HELP}{where}")
+
+
+def recipe_weights(recipe: EncoderRecipe, weights: Path | None) -> tuple[Path, str]:
+    """A recipe's weights file and provenance: ``weights`` (file, or folder holding one of the
+    recipe's files as the hub ships them), else the offline HF cache of its hub ids."""
+    return _resolve_weights(recipe.name, weights, recipe.weights.hub, tuple(recipe.weights.files))
 
 
 def _create_timm(name: str, **kwargs: Any) -> nn.Module:
@@ -307,7 +314,7 @@ def timm_recipe_encoder(
     published transform (:class:`~fivewsi.features.recipe.Preprocess`).
     """
     import_timm()  # the missing extra is said first: weights alone would not make it run
-    path, source = _resolve_weights(recipe.name, weights, recipe.weights.hub, recipe.weights.files)
+    path, source = recipe_weights(recipe, weights)
     vit = build_timm_recipe(recipe, arch_overrides)
     _load_timm_weights(vit, load_state_dict_file(path), what=f"{recipe.title} weights {path.name}")
     width = vit.num_features
@@ -316,15 +323,8 @@ def timm_recipe_encoder(
         raise ValueError(
             f"recipe {recipe.name}: the model gives {dim}-d features, not {recipe.dim}"
         )
-    return TorchImageEncoder(
-        TokenEmbedding(vit, recipe.embedding),
-        name=recipe.name,
-        dim=dim,
-        input_size=recipe.preprocess.input_size or 224,
-        transform=recipe.preprocess,
-        amp=amp,
-        source=source,
-    )
+    return recipe_encoder(TokenEmbedding(vit, recipe.embedding), recipe, dim=dim, source=source,
+                          amp=amp)
 
 
 def build_uni(arch_overrides: dict[str, Any] | None = None) -> nn.Module:
