@@ -51,7 +51,34 @@ TEXT_OPTIONS = ("text_encoder", "lora", "lora_r", "lora_alpha", "lora_dropout")
 TEXT_ENCODER_PREFIX = "text_encoder."
 
 
-class FiveOptions(ModelOptions):
+class TextAlignedOptions(ModelOptions):
+    """What every FiVE-like model's options share: the joint width, the prompts, the TFS
+    heads and the text side (:data:`TEXT_OPTIONS`), with ``dim`` divisible by ``heads``.
+
+    Attributes:
+        dim: joint embedding width. heads: TFS attention heads.
+        n_learnable_prompts: learnable prompts after the question prompts (FiVE: 16).
+        text_encoder: packaged name, local folder or cached Hugging Face repo of the text model.
+        lora, lora_r, lora_alpha, lora_dropout: tune the text encoder with LoRA.
+    """
+
+    dim: int = Field(512, ge=8)
+    n_learnable_prompts: int = Field(16, ge=0)
+    heads: int = Field(8, ge=1)
+    text_encoder: str = DEFAULT_TEXT_ENCODER
+    lora: bool = False
+    lora_r: int = Field(8, ge=1)
+    lora_alpha: int = Field(32, ge=1)
+    lora_dropout: float = Field(0.05, ge=0, lt=1)
+
+    @model_validator(mode="after")
+    def _check_heads(self) -> TextAlignedOptions:
+        if self.dim % self.heads:
+            raise ValueError(f"dim {self.dim} is not divisible by heads {self.heads}")
+        return self
+
+
+class FiveOptions(TextAlignedOptions):
     """FiVE's options (the defaults are those of ``fivewsi train``).
 
     Attributes:
@@ -66,28 +93,14 @@ class FiveOptions(ModelOptions):
             prompts before they attend, as the released module does; off by default).
     """
 
-    dim: int = Field(512, ge=8)
-    n_learnable_prompts: int = Field(16, ge=0)
-    heads: int = Field(8, ge=1)
     dropout: float = Field(0.1, ge=0, lt=1)
     attention: AttentionMode = "local"
     logit_scale: float | None = Field(None, gt=0)
-    text_encoder: str = DEFAULT_TEXT_ENCODER
-    lora: bool = False
-    lora_r: int = Field(8, ge=1)
-    lora_alpha: int = Field(32, ge=1)
-    lora_dropout: float = Field(0.05, ge=0, lt=1)
     block_size: int = Field(DEFAULT_BLOCK_SIZE, ge=2)
     shift: bool = True
     chunk_size: int = Field(DEFAULT_CHUNK_SIZE, ge=1)
     checkpoint_patches: int = Field(DEFAULT_CHECKPOINT_PATCHES, ge=0)
     query_norm: bool = False
-
-    @model_validator(mode="after")
-    def _check(self) -> FiveOptions:
-        if self.dim % self.heads:
-            raise ValueError(f"dim {self.dim} is not divisible by heads {self.heads}")
-        return self
 
 
 @register_model(

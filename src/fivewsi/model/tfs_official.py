@@ -48,13 +48,13 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field, model_validator
+from pydantic import Field
 from torch import Tensor, nn
 
-from fivewsi.model.five import FiveModel
+from fivewsi.model.five import FiveModel, TextAlignedOptions
 from fivewsi.model.outputs import BagBatch
-from fivewsi.model.registry import ModelOptions, register_model
-from fivewsi.model.text import DEFAULT_TEXT_ENCODER, TextEncoder
+from fivewsi.model.registry import register_model
+from fivewsi.model.text import TextEncoder
 from fivewsi.model.tfs import TFSAggregator, TFSOutput, grid_position_encoding
 
 PositionMode = Literal["index", "grid"]
@@ -220,7 +220,7 @@ class OfficialTFS(nn.Module):
         return TFSOutput(embedding, prompt_tokens, prompt_attention, patch_attention)
 
 
-class FiveOfficialOptions(ModelOptions):
+class FiveOfficialOptions(TextAlignedOptions):
     """``five-official``'s options, with the released defaults (width 512, 8 heads = 512 / 64,
     16 learnable prompts, a fixed logit scale of 300, the released index positions).
 
@@ -231,22 +231,8 @@ class FiveOfficialOptions(ModelOptions):
         text_encoder, lora, lora_r, lora_alpha, lora_dropout: as in ``FiveOptions``.
     """
 
-    dim: int = Field(512, ge=8)
-    n_learnable_prompts: int = Field(16, ge=0)
-    heads: int = Field(8, ge=1)
     logit_scale: float | None = Field(RELEASED_LOGIT_SCALE, gt=0)
     position: PositionMode = "index"
-    text_encoder: str = DEFAULT_TEXT_ENCODER
-    lora: bool = False
-    lora_r: int = Field(8, ge=1)
-    lora_alpha: int = Field(32, ge=1)
-    lora_dropout: float = Field(0.05, ge=0, lt=1)
-
-    @model_validator(mode="after")
-    def _check(self) -> FiveOfficialOptions:
-        if self.dim % self.heads:
-            raise ValueError(f"dim {self.dim} is not divisible by heads {self.heads}")
-        return self
 
 
 @register_model(
