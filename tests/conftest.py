@@ -93,3 +93,32 @@ def mount_tmpfs(tmp_path: Path) -> Iterator[object]:
 
     for point in mounted:
         sp.run(["umount", "-l", str(point)], capture_output=True)
+
+
+def make_slides_and_run(root: Path, *, epochs: int) -> tuple[Path, Path, Path]:
+    """Four small pixel slides (tumour / stroma), their features, and a tiny FiVE run trained
+    on them (LUAD / LUSC): ``(slides, work, run)``. Shared by the predict and viewer tests."""
+    from fivewsi.cohort.table import ClassDescription, CohortRow, write_classes, write_cohort
+    from fivewsi.features.preprocess import PreprocessConfig, preprocess
+    from fivewsi.synthetic import write_pixel_slide
+    from fivewsi.training import TrainConfig, train
+
+    slides = root / "slides"
+    for i, style in enumerate(("tumour", "stroma", "tumour", "stroma")):
+        write_pixel_slide(slides / f"s{i}.tif", width=1536, height=1024, seed=i,
+                          regions=[(700, 500, 300, style)])
+    work = root / "work"
+    assert preprocess([slides], work, PreprocessConfig(workers=0, qc=False), progress=False).ok
+    write_cohort([CohortRow(f"s{i}", ("LUAD", "LUSC")[i % 2], None, "train") for i in range(4)],
+                 root / "cohort.csv")
+    write_classes([ClassDescription("LUAD", "glandular adenocarcinoma"),
+                   ClassDescription("LUSC", "keratinising squamous carcinoma")],
+                  root / "classes.csv")
+    run = root / "run"
+    train(TrainConfig(
+        features=work / "features", cohort=root / "cohort.csv", classes=root / "classes.csv",
+        out=run, epochs=epochs, min_steps=0, batch_size=2, progress=False,
+        model_options={"dim": 32, "heads": 4, "n_learnable_prompts": 2,
+                       "text_encoder": str(write_tiny_text_model(root / "tiny-bert"))},
+    ))
+    return slides, work, run

@@ -12,12 +12,9 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from conftest import write_tiny_text_model
+from conftest import make_slides_and_run
 from fivewsi.cli import app
-from fivewsi.cohort.table import ClassDescription, CohortRow, write_classes, write_cohort
-from fivewsi.features.preprocess import PreprocessConfig, preprocess
-from fivewsi.synthetic import write_pixel_slide
-from fivewsi.training import TrainConfig, train
+from fivewsi.cohort.table import ClassDescription, write_classes
 
 PATCH = 256
 
@@ -26,25 +23,7 @@ PATCH = 256
 def setup(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("predict")
-    slides = root / "slides"
-    for i, style in enumerate(("tumour", "stroma", "tumour", "stroma")):
-        write_pixel_slide(slides / f"s{i}.tif", width=1536, height=1024, seed=i,
-                              regions=[(700, 500, 300, style)])
-    work = root / "work"
-    result = preprocess([slides], work, PreprocessConfig(workers=0, qc=False), progress=False)
-    assert result.ok
-    rows = [CohortRow(f"s{i}", ("LUAD", "LUSC")[i % 2], None, "train") for i in range(4)]
-    write_cohort(rows, root / "cohort.csv")
-    write_classes([ClassDescription("LUAD", "glandular adenocarcinoma"),
-                   ClassDescription("LUSC", "keratinising squamous carcinoma")],
-                  root / "classes.csv")
-    run = root / "run"
-    train(TrainConfig(
-        features=work / "features", cohort=root / "cohort.csv", classes=root / "classes.csv",
-        out=run, epochs=2, min_steps=0, batch_size=2, progress=False,
-        model_options={"dim": 32, "heads": 4, "n_learnable_prompts": 2,
-                       "text_encoder": str(write_tiny_text_model(root / "tiny-bert"))},
-    ))
+    slides, work, run = make_slides_and_run(root, epochs=2)
     broken = root / "inputs" / "broken.tif"
     broken.parent.mkdir()
     broken.write_bytes(b"II*\x00 this is not a slide")

@@ -18,12 +18,8 @@ import pytest
 import torch
 from starlette.testclient import TestClient
 
-from conftest import shared_slide, write_tiny_text_model
-from fivewsi.cohort.table import ClassDescription, CohortRow, write_classes, write_cohort
-from fivewsi.features.preprocess import PreprocessConfig, preprocess
+from conftest import make_slides_and_run, shared_slide
 from fivewsi.predict.predict import PredictConfig, predict
-from fivewsi.synthetic import write_pixel_slide
-from fivewsi.training import TrainConfig, train
 from fivewsi.view.catalog import ViewInputError, load_catalog
 from fivewsi.view.serve import Server
 from fivewsi.view.server import assets_missing, create_app
@@ -38,24 +34,7 @@ def made(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     a broken slide (failed), with an id that needs escaping in HTML."""
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("view")
-    slides = root / "slides"
-    for i, style in enumerate(("tumour", "stroma", "tumour", "stroma")):
-        write_pixel_slide(slides / f"s{i}.tif", width=1536, height=1024, seed=i,
-                          regions=[(700, 500, 300, style)])
-    work = root / "work"
-    assert preprocess([slides], work, PreprocessConfig(workers=0, qc=False), progress=False).ok
-    write_cohort([CohortRow(f"s{i}", ("LUAD", "LUSC")[i % 2], None, "train") for i in range(4)],
-                 root / "cohort.csv")
-    write_classes([ClassDescription("LUAD", "glandular adenocarcinoma"),
-                   ClassDescription("LUSC", "keratinising squamous carcinoma")],
-                  root / "classes.csv")
-    run = root / "run"
-    train(TrainConfig(
-        features=work / "features", cohort=root / "cohort.csv", classes=root / "classes.csv",
-        out=run, epochs=1, min_steps=0, batch_size=2, progress=False,
-        model_options={"dim": 32, "heads": 4, "n_learnable_prompts": 2,
-                       "text_encoder": str(write_tiny_text_model(root / "tiny-bert"))},
-    ))
+    slides, work, run = make_slides_and_run(root, epochs=1)
     # an evaluation whose figures report.html and the viewer show: only the listed PNG
     from fivewsi.predict.heatmaps import save_png
 
